@@ -1,0 +1,6 @@
+"""Importing this package registers every model in ``anomaly_zoo.registry.MODELS``."""
+
+from anomaly_zoo.models.base import AnomalyModule
+from anomaly_zoo.models.feature_distance import FeatureDistance
+
+__all__ = ["AnomalyModule", "FeatureDistance"]

@@ -1,0 +1,175 @@
+"""AnomalyModule: the validation / test / predict loop all detectors share.
+
+A subclass implements ``predict_anomaly(images) -> {"anomaly_map": (B,1,h,w), "pred_score": (B,)}``
+plus its ``training_step`` and ``configure_optimizers``; evaluation, map resizing, result tables and
+logging live here once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pandas as pd
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from anomaly_zoo.models.components.upsample import resize_map
+
+METRIC_COLUMNS = ("I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "P-F1max", "AUPRO", "mAD")
+
+
+class AnomalyModule(pl.LightningModule):
+    """Base class of every detector.
+
+    Args:
+        pixel_metrics: ``"streaming"`` (bounded memory, documented error bound) or ``"exact"``.
+        fpr_limit: integration limit of AUPRO.
+        results_dir: where test result tables (CSV + Markdown) go; default: the logger's directory.
+    """
+
+    #: How the image score is computed, stated in every results caption.
+    image_score_rule: str = "max of the anomaly map"
+
+    def __init__(self, pixel_metrics: str = "streaming", fpr_limit: float = 0.3, results_dir: str | None = None) -> None:
+        super().__init__()
+        if pixel_metrics not in ("streaming", "exact"):
+            raise ValueError(f"pixel_metrics must be 'streaming' or 'exact', got '{pixel_metrics}'.")
+        self.pixel_metrics = pixel_metrics
+        self.fpr_limit = fpr_limit
+        self.results_dir = results_dir
+        self.metrics = None
+        self.results: dict[str, pd.DataFrame] = {}
+        self.epochs_trained = 0
+
+    # ---- what a detector provides ------------------------------------------------------------
+    def predict_anomaly(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Anomaly map (B, 1, h, w) at any resolution and image score (B,) for a batch of images."""
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.predict_anomaly(images)
+
+    # ---- shared evaluation -----------------------------------------------------------------------
+    def anomaly_output(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The Output contract: the detector's map brought to the mask's resolution."""
+        output = self.predict_anomaly(batch["image"])
+        anomaly_map, pred_score = output["anomaly_map"], output["pred_score"]
+        batch_size = batch["image"].shape[0]
+        if anomaly_map.ndim != 4 or anomaly_map.shape[:2] != (batch_size, 1):
+            raise RuntimeError(f"{type(self).__name__} returned anomaly_map of shape {tuple(anomaly_map.shape)}, "
+                               f"expected ({batch_size}, 1, h, w).")
+        if pred_score.shape != (batch_size,):
+            raise RuntimeError(f"{type(self).__name__} returned pred_score of shape {tuple(pred_score.shape)}, "
+                               f"expected ({batch_size},).")
+        output = dict(output)
+        output["anomaly_map"] = resize_map(anomaly_map.float(), tuple(batch["mask"].shape[-2:]))
+        output["pred_score"] = pred_score.float()
+        return output
+
+    def _start_metrics(self, stage: str) -> None:
+        from anomaly_zoo.metrics import AnomalyMetrics
+
+        datamodule = self.trainer.datamodule
+        dataset = getattr(datamodule, f"{stage}_dataset", None) if datamodule is not None else None
+        categories = dataset.categories if dataset is not None else ["all"]
+        self.metrics = AnomalyMetrics(categories, pixel_mode=self.pixel_metrics, fpr_limit=self.fpr_limit).to(self.device)
+
+    def _eval_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        output = self.anomaly_output(batch)
+        self.metrics.update(output, batch)
+        return output
+
+    def _finish_metrics(self, stage: str) -> pd.DataFrame | None:
+        metrics, self.metrics = self.metrics, None
+        if metrics is None or self.trainer.sanity_checking:
+            return None  # a few sanity batches make no meaningful table
+        table = metrics.compute()
+        self.results[stage] = table
+        prefix = "val" if stage == "val" else stage
+        mean = table.loc["mean"]
+        for column in METRIC_COLUMNS:
+            if column in mean and pd.notna(mean[column]):
+                self.log(f"{prefix}/{column}", float(mean[column]), prog_bar=column in ("I-AUROC", "P-AUROC"))
+        if stage == "test":
+            # Per-category values go to the loggers only: Lightning's console summary keeps to the means.
+            per_category = {
+                f"test/{category}/{column}": float(row[column])
+                for category, row in table.drop(index="mean").iterrows()
+                for column in METRIC_COLUMNS
+                if pd.notna(row[column])
+            }
+            for logger in self.loggers:
+                logger.log_metrics(per_category, step=self.global_step)
+            self._report(table)
+        return table
+
+    def results_caption(self) -> str:
+        datamodule = self.trainer.datamodule
+        size = getattr(datamodule, "image_size", None)
+        resolution = f"{size[0]}×{size[1]}" if size else "native resolution"
+        seed = os.environ.get("PL_GLOBAL_SEED", "not set")
+        name = getattr(type(self), "registry_name", type(self).__name__)
+        data = getattr(type(datamodule), "registry_name", type(datamodule).__name__) if datamodule else "?"
+        return (
+            f"{name} on {data}, evaluated at {resolution}; epochs trained: {self.epochs_trained}; seed: {seed}; "
+            f"device: {self.device.type}; image score: {self.image_score_rule}; pixel metrics: {self.pixel_metrics} mode; "
+            f"AUPRO up to FPR {self.fpr_limit}. Values in %."
+        )
+
+    def _report(self, table: pd.DataFrame) -> None:
+        from anomaly_zoo.metrics import format_results_table, save_results
+
+        # trainer.log_dir broadcasts from rank 0: every rank must ask for it, not only the one that writes.
+        directory = self.results_dir or self.trainer.log_dir or "results"
+        if not self.trainer.is_global_zero:
+            return
+        caption = self.results_caption()
+        rank_zero_info("\n" + format_results_table(table, caption))
+        csv_path, _ = save_results(table, Path(directory), "test_results", caption)
+        rank_zero_info(f"Results written to {csv_path} (+ .md)")
+        for logger in self.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                logger.log_table(key="test/results", dataframe=table.reset_index(names="category"))
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_metrics("val")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_metrics("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_metrics("test")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_metrics("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        output = self.anomaly_output(batch)
+        return {**output, "path": batch["path"], "label": batch["label"], "mask": batch["mask"],
+                "category": batch["category"]}
+
+    # ---- bookkeeping -----------------------------------------------------------------------------
+    def on_train_epoch_end(self) -> None:
+        self.epochs_trained = self.current_epoch + 1
+
+    def on_fit_end(self) -> None:
+        # Statistics-only models (no optimiser) take no optimiser step, and Lightning's ModelCheckpoint
+        # never saves at global step 0: write the final weights ourselves so `test --ckpt_path` works.
+        callback = self.trainer.checkpoint_callback
+        if callback is not None and self.trainer.global_step == 0 and self.epochs_trained > 0 and callback.dirpath:
+            self.trainer.save_checkpoint(os.path.join(callback.dirpath, "last.ckpt"))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["epochs_trained"] = self.epochs_trained
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.epochs_trained = checkpoint.get("epochs_trained", checkpoint.get("epoch", 0))
