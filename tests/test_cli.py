@@ -95,6 +95,17 @@ def test_fit_and_test_end_to_end(tmp_path: Path):
     assert again.returncode == 0, again.stderr[-3000:]
     retest = pd.read_csv(next((tmp_path / "t").rglob("test_results.csv")), index_col=0)
     pd.testing.assert_frame_equal(retest, table)
+    # `predict` writes one CSV row and one overlay per test image.
+    predicted = run_cli(
+        "predict", "--model", "feature_distance", "--data", "synthetic", "--model.pretrained", "false",
+        "--data.image_size", "64", "--data.num_workers", "0", "--trainer.default_root_dir", str(tmp_path / "p"),
+        "--trainer.enable_progress_bar", "false", "--ckpt_path", str(ckpt), cwd=tmp_path,
+    )
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    scores = pd.read_csv(next((tmp_path / "p").rglob("predictions.csv")))
+    assert len(scores) == len(list((tmp_path / "p").rglob("heatmaps/*/*.png"))) > 0
+    assert set(scores.columns) == {"path", "category", "label", "pred_score"}
+    assert set(scores["category"]) == set(table.index[:-1])
 
 
 def test_wandb_logger_works_offline(tmp_path: Path):

@@ -157,6 +157,12 @@ class AnomalyModule(pl.LightningModule):
         return {**output, "path": batch["path"], "label": batch["label"], "mask": batch["mask"],
                 "category": batch["category"]}
 
+    def configure_callbacks(self) -> list[pl.Callback]:
+        from anomaly_zoo.viz.writer import PredictionWriter
+
+        # `predict` writes scores and overlays; a user-given PredictionWriter (same type) replaces this one.
+        return [PredictionWriter()]
+
     # ---- bookkeeping -----------------------------------------------------------------------------
     def on_train_epoch_end(self) -> None:
         self.epochs_trained = self.current_epoch + 1

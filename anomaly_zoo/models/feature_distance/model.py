@@ -63,6 +63,11 @@ class FeatureDistanceModel(nn.Module):
         if not self.fitted:
             raise RuntimeError("FeatureDistanceModel has no statistics yet: fit it on normal images first.")
         features = self.features(images)
+        if features.shape[1:] != self.feature_sum.shape:
+            raise ValueError(
+                f"Feature grid {tuple(features.shape[1:])} differs from the fitted statistics "
+                f"{tuple(self.feature_sum.shape)}: evaluate at the image size the model was fitted at."
+            )
         mean = self.feature_sum / self.count
         var = (self.feature_sq_sum / self.count - mean**2).clamp_min(0) + self.eps
         distance = ((features.double() - mean) ** 2 / var).mean(1, keepdim=True).sqrt().float()
