@@ -18,7 +18,9 @@ from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningCLI
 
 from anomaly_zoo.data.base import AnomalyDataModule
+from anomaly_zoo.data.errors import DatasetError
 from anomaly_zoo.models.base import AnomalyModule
+from anomaly_zoo.models.components.backbone import PretrainedWeightsError
 from anomaly_zoo.registry import DATAMODULES, MODELS, Registry
 
 # Options whose value may be a registry name: --model, --data, and nested DataModules such as
@@ -171,15 +173,34 @@ def main(args: Sequence[str] | None = None) -> None:
         f"Datasets (--data): {', '.join(DATAMODULES.names())}.\n"
         "Example: anomaly-zoo fit --model uniad --data synthetic --test_after_fit true"
     )
-    AnomalyZooCLI(
-        AnomalyModule,
-        AnomalyDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-        parser_kwargs={"description": description, "formatter_class": RawDescriptionFormatter},
-    )
+    try:
+        AnomalyZooCLI(
+            AnomalyModule,
+            AnomalyDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            parser_kwargs={"description": description, "formatter_class": RawDescriptionFormatter},
+        )
+    except Exception as err:
+        # A user's data or weights are wrong, not our code: one clear line, no 60-line traceback.
+        # (jsonargparse wraps errors raised while building the model, so look down the chain.)
+        cause = _user_error(err)
+        if cause is None or os.environ.get("ANOMALY_ZOO_TRACEBACK"):
+            raise
+        sys.stderr.write(f"error: {cause}\n(set ANOMALY_ZOO_TRACEBACK=1 for the full traceback)\n")
+        raise SystemExit(1) from None
+
+
+def _user_error(err: BaseException | None) -> BaseException | None:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, (DatasetError, PretrainedWeightsError)):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 if __name__ == "__main__":

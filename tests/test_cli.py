@@ -55,6 +55,20 @@ def test_unknown_data_fails_with_known_names():
     assert "unknown datamodule 'imagenet'" in result.stderr and "mvtec_ad" in result.stderr
 
 
+def test_missing_dataset_root_is_one_clear_line(tmp_path: Path):
+    result = run_cli("fit", "--model", "feature_distance", "--model.pretrained", "false", "--data", "mvtec_ad",
+                     "--data.root", str(tmp_path / "nowhere"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "error: MVTec AD root not found" in result.stderr or "error:" in result.stderr
+    assert str(tmp_path / "nowhere") in result.stderr and "Traceback" not in result.stderr
+
+
+def test_pretrained_weights_offline_error_names_the_option(tmp_path: Path):
+    result = run_cli("fit", "--model", "feature_distance", "--data", "synthetic", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "pretrained false" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_help_lists_models_and_datasets():
     result = run_cli("--help")
     assert result.returncode == 0
