@@ -177,7 +177,8 @@ def aupro_error_bound(counts: RankedCounts, fpr_limit: float = 0.3) -> float:
 def pro_curve(anomaly_map: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Exact PRO curve of a whole test set: returns (FPR, PRO) float64 tensors, including (0,0) and (1,1).
 
-    ``anomaly_map`` and ``mask`` are (N, H, W) or (N, 1, H, W).
+    ``anomaly_map`` and ``mask`` are (N, H, W) or (N, 1, H, W). Runs of thresholds that only add normal
+    pixels are merged (collinear points; the area is unchanged).
     """
     maps, masks = check_pixel_inputs(anomaly_map, mask)
     scores, weights, n_regions = defect_pixels(maps, masks)

@@ -74,7 +74,16 @@ class AnomalyModule(pl.LightningModule):
 
         datamodule = self.trainer.datamodule
         dataset = getattr(datamodule, f"{stage}_dataset", None) if datamodule is not None else None
-        categories = dataset.categories if dataset is not None else ["all"]
+        if dataset is None:  # plain dataloaders passed to trainer.test(...)
+            loaders = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
+            loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+            dataset = getattr(loader, "dataset", None)
+        categories = getattr(dataset, "categories", None)
+        if not categories:
+            raise RuntimeError(
+                "Evaluation needs the test set's category names: use an anomaly_zoo DataModule or a dataset "
+                "with a `categories` attribute (see anomaly_zoo.data.AnomalyDataset)."
+            )
         self.metrics = AnomalyMetrics(categories, pixel_mode=self.pixel_metrics, fpr_limit=self.fpr_limit).to(self.device)
 
     def _eval_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
