@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install  ## train + test a small UniAD on the built-in synthetic data, print the metrics table
-	$(VENV)/bin/anomaly-zoo fit --config configs/demo/feature_distance.yaml --test_after_fit true
+	$(VENV)/bin/anomaly-zoo fit --config configs/demo/uniad.yaml --test_after_fit true
 
 test: install  ## the test suite (slow end-to-end runs excluded; `make test-all` includes them)
 	$(PY) -m pytest -q -m "not slow"

@@ -109,6 +109,7 @@ def test_fit_and_test_end_to_end(tmp_path: Path):
     assert again.returncode == 0, again.stderr[-3000:]
     retest = pd.read_csv(next((tmp_path / "t").rglob("test_results.csv")), index_col=0)
     pd.testing.assert_frame_equal(retest, table)
+    assert "epochs trained: 1;" in (tmp_path / "t").joinpath(next((tmp_path / "t").rglob("test_results.md"))).read_text()
     # `predict` writes one CSV row and one overlay per test image.
     predicted = run_cli(
         "predict", "--model", "feature_distance", "--data", "synthetic", "--model.pretrained", "false",

@@ -2,5 +2,6 @@
 
 from anomaly_zoo.models.base import AnomalyModule
 from anomaly_zoo.models.feature_distance import FeatureDistance
+from anomaly_zoo.models.uniad import UniAD
 
-__all__ = ["AnomalyModule", "FeatureDistance"]
+__all__ = ["AnomalyModule", "FeatureDistance", "UniAD"]

@@ -173,8 +173,11 @@ class AnomalyModule(pl.LightningModule):
         return [PredictionWriter()]
 
     # ---- bookkeeping -----------------------------------------------------------------------------
-    def on_train_epoch_end(self) -> None:
-        self.epochs_trained = self.current_epoch + 1
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Counted at the epoch's last batch, not at epoch end: ModelCheckpoint saves after validation,
+        # which runs before on_train_epoch_end.
+        if batch_idx + 1 >= self.trainer.num_training_batches:
+            self.epochs_trained = self.current_epoch + 1
 
     def on_fit_end(self) -> None:
         # Statistics-only models (no optimiser) take no optimiser step, and Lightning's ModelCheckpoint

@@ -37,6 +37,7 @@ def test_local_weights_that_do_not_fit_fail_clearly(tmp_path):
 def test_frozen_module_stays_eval_and_gradient_free():
     inner = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     frozen = FrozenModule(inner)
+    assert not frozen.training  # the wrapper's own flag too, from construction on
     parent = torch.nn.Sequential(frozen, torch.nn.Conv2d(4, 1, 1))
     parent.train()
     assert not frozen.training and not inner[1].training

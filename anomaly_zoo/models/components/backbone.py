@@ -52,6 +52,7 @@ class FrozenModule(nn.Module):
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
+        self.training = False
         self.module = module.eval()
         for parameter in self.module.parameters():
             parameter.requires_grad_(False)

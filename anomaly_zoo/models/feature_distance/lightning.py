@@ -45,7 +45,6 @@ class FeatureDistance(AnomalyModule):
             for name in ("count", "feature_sum", "feature_sq_sum"):
                 buffer = getattr(self.model, name)
                 setattr(self.model, name, self.trainer.strategy.reduce(buffer, reduce_op="sum"))
-        super().on_train_epoch_end()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
         if not self.model.fitted:  # Lightning's sanity check runs before the statistics exist
