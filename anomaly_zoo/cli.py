@@ -167,6 +167,8 @@ def main(args: Sequence[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Frozen backbones are in eval mode on purpose (see FrozenModule); say so once, not per run.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    # Lightning 2.6 on torch ≥ 2.10 warns about its own pytree use on every loop; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     description = (
         "anomaly-zoo: train and evaluate visual anomaly detectors.\n"
         f"Models (--model): {', '.join(MODELS.names())}.\n"
