@@ -30,6 +30,8 @@ _OPTION = re.compile(r"^--(model|data(?:\.init_args)?\.\w+_data|data)$")
 
 # Model options that only affect evaluation: never taken from a checkpoint's saved hyper-parameters.
 EVALUATION_OPTIONS = ("pixel_metrics", "fpr_limit", "results_dir")
+# Weight sources that a checkpoint makes redundant: its state dict already holds those weights.
+WEIGHTS_FROM_CHECKPOINT = {"pretrained": False, "backbone_weights": None, "official_checkpoint": None}
 
 
 class UnknownNameError(SystemExit):
@@ -127,15 +129,21 @@ class AnomalyZooCLI(LightningCLI):
 
         LightningCLI replaces the model's arguments with the checkpoint's; a user who tests an old
         checkpoint with ``--model.pixel_metrics exact`` must get exact metrics, so those keys are restored.
+        The checkpoint holds every weight, the frozen backbone's too: nothing is fetched or re-read at
+        construction (offline machines can test a model trained elsewhere).
         """
         subcommand = self.config.get("subcommand")
-        model = self.config[subcommand].get("model") if subcommand else None
-        init_args = getattr(model, "init_args", None)
+        if not subcommand or not self.config[subcommand].get("ckpt_path"):
+            return super()._parse_ckpt_path()
+        init_args = getattr(self.config[subcommand].get("model"), "init_args", None)
         given = {k: init_args[k] for k in EVALUATION_OPTIONS if init_args is not None and k in init_args}
         super()._parse_ckpt_path()
-        init_args = getattr(self.config[subcommand].get("model"), "init_args", None) if subcommand else None
+        init_args = getattr(self.config[subcommand].get("model"), "init_args", None)
+        if init_args is None:
+            return
+        given.update({k: v for k, v in WEIGHTS_FROM_CHECKPOINT.items() if k in init_args})
         for key, value in given.items():
-            if init_args is not None and key in init_args:
+            if key in init_args:
                 init_args[key] = value
 
     def after_fit(self) -> None:

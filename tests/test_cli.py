@@ -123,6 +123,27 @@ def test_fit_and_test_end_to_end(tmp_path: Path):
     assert set(scores["category"]) == set(table.index[:-1])
 
 
+def test_checkpoint_supplies_backbone_weights_offline(tmp_path: Path):
+    """Trained with a local backbone file that is gone at test time: the checkpoint alone must suffice."""
+    import torch
+
+    from anomaly_zoo.models.components.backbone import create_timm_model
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(create_timm_model("resnet18", pretrained=False).state_dict(), weights)
+    common = ["--model", "feature_distance", "--data", "synthetic", "--data.image_size", "32",
+              "--data.num_workers", "0", "--data.category", "stripes", "--trainer.enable_progress_bar", "false"]
+    fit = run_cli("fit", *common, "--model.backbone_weights", str(weights), "--trainer.max_epochs", "1",
+                  "--trainer.default_root_dir", str(tmp_path / "fit"), cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    weights.unlink()
+    ckpt = str(next((tmp_path / "fit").rglob("*.ckpt")))
+    test = run_cli("test", *common, "--ckpt_path", ckpt, "--trainer.default_root_dir", str(tmp_path / "t"),
+                   cwd=tmp_path)
+    assert test.returncode == 0, test.stderr[-3000:]
+    assert next((tmp_path / "t").rglob("test_results.csv")).is_file()
+
+
 def test_wandb_logger_works_offline(tmp_path: Path):
     pytest.importorskip("wandb")
     result = run_cli(
