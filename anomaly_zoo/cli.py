@@ -53,6 +53,9 @@ def _resolve(option: str, value: str) -> str:
     registry: Registry = MODELS if option == "model" else DATAMODULES
     if value in registry:
         return _class_path(registry[value])
+    for _, cls in registry.items():  # jsonargparse's own short form: the class name (`--model UniAD`)
+        if cls.__name__ == value:
+            return _class_path(cls)
     looks_like_path = "." in value or value.startswith(("{", "[")) or value.endswith((".yaml", ".yml", ".json"))
     if looks_like_path:
         return value

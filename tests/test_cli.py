@@ -40,6 +40,7 @@ def test_nested_datamodules_and_full_syntax_are_untouched():
     assert out[2].endswith("CrossDataset") and out[4].endswith(".VisA") and out[5].endswith(".MVTecAD")
     assert out[6:] == argv[6:]
     assert expand_short_names(["--model", "my.pkg.Model"]) == ["--model", "my.pkg.Model"]
+    assert expand_short_names(["--model", "FeatureDistance"])[1].endswith("lightning.FeatureDistance")
 
 
 def test_unknown_model_fails_with_known_names():
