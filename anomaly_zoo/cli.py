@@ -8,6 +8,7 @@ keeps working unchanged.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import re
 import sys
@@ -180,6 +181,9 @@ def main(args: Sequence[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     # Lightning 2.6 on torch ≥ 2.10 warns about its own pytree use on every loop; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # Lightning advertises its cloud services on every run; our users run offline.
+    for handler in logging.getLogger("lightning.pytorch").handlers:
+        handler.addFilter(lambda record: not str(record.msg).startswith("💡 Tip"))
     description = (
         "anomaly-zoo: train and evaluate visual anomaly detectors.\n"
         f"Models (--model): {', '.join(MODELS.names())}.\n"
