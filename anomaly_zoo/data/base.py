@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
+from anomaly_zoo.data.collate import collate_samples
 from anomaly_zoo.data.dataset import AnomalyDataset, Sample
 from anomaly_zoo.data.errors import DatasetError
 from anomaly_zoo.data.io import require_dir
@@ -134,6 +135,7 @@ class AnomalyDataModule(pl.LightningDataModule):
                 num_workers=self.num_workers,
                 persistent_workers=self.num_workers > 0,
                 drop_last=len(dataset) > self.batch_size,
+                collate_fn=collate_samples,
             )
         return DataLoader(
             dataset,
@@ -141,6 +143,7 @@ class AnomalyDataModule(pl.LightningDataModule):
             shuffle=False,
             sampler=eval_sampler(dataset),
             num_workers=self.num_workers,
+            collate_fn=collate_samples,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -135,3 +135,18 @@ def test_mask_size_must_match_image_size(tmp_path):
 def test_anomalous_sample_needs_a_mask():
     with pytest.raises(DatasetError, match="x.png"):
         Sample("x.png", 1, "c")
+
+
+def test_native_sizes_that_differ_within_a_batch_name_the_files_and_the_fix(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from anomaly_zoo.data.collate import collate_samples
+
+    small = write_image(tmp_path / "small.png", size=(16, 16))
+    large = write_image(tmp_path / "large.png", size=(20, 24))
+    dataset = dataset_of([Sample(str(small), 0, "a"), Sample(str(large), 0, "b")], image_size=None)
+    with pytest.raises(DatasetError, match=r"different sizes.*large\.png.*image_size"):
+        next(iter(DataLoader(dataset, batch_size=2, collate_fn=collate_samples)))
+    batches = list(DataLoader(dataset, batch_size=1, collate_fn=collate_samples))  # batch size 1 keeps them
+    assert [tuple(b["image"].shape[-2:]) for b in batches] == [(16, 16), (20, 24)]
+    assert batches[1]["category"] == ["b"] and batches[1]["index"].tolist() == [1]
