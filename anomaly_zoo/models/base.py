@@ -16,9 +16,9 @@ import pandas as pd
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from anomaly_zoo.metrics import COLUMNS, AnomalyMetrics, format_results_table, save_results
 from anomaly_zoo.models.components.upsample import resize_map
-
-METRIC_COLUMNS = ("I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "P-F1max", "AUPRO", "mAD")
+from anomaly_zoo.viz.writer import PredictionWriter
 
 
 class AnomalyModule(pl.LightningModule):
@@ -70,8 +70,6 @@ class AnomalyModule(pl.LightningModule):
         return output
 
     def _start_metrics(self, stage: str) -> None:
-        from anomaly_zoo.metrics import AnomalyMetrics
-
         datamodule = self.trainer.datamodule
         dataset = getattr(datamodule, f"{stage}_dataset", None) if datamodule is not None else None
         if dataset is None:  # plain dataloaders passed to trainer.test(...)
@@ -99,7 +97,7 @@ class AnomalyModule(pl.LightningModule):
         self.results[stage] = table
         prefix = "val" if stage == "val" else stage
         mean = table.loc["mean"]
-        for column in METRIC_COLUMNS:
+        for column in COLUMNS:
             if column in mean and pd.notna(mean[column]):
                 self.log(f"{prefix}/{column}", float(mean[column]), prog_bar=column in ("I-AUROC", "P-AUROC"))
         if stage == "test":
@@ -107,7 +105,7 @@ class AnomalyModule(pl.LightningModule):
             per_category = {
                 f"test/{category}/{column}": float(row[column])
                 for category, row in table.drop(index="mean").iterrows()
-                for column in METRIC_COLUMNS
+                for column in COLUMNS
                 if pd.notna(row[column])
             }
             for logger in self.loggers:
@@ -129,8 +127,6 @@ class AnomalyModule(pl.LightningModule):
         )
 
     def _report(self, table: pd.DataFrame) -> None:
-        from anomaly_zoo.metrics import format_results_table, save_results
-
         # trainer.log_dir broadcasts from rank 0: every rank must ask for it, not only the one that writes.
         directory = self.results_dir or self.trainer.log_dir or "results"
         if not self.trainer.is_global_zero:
@@ -167,8 +163,6 @@ class AnomalyModule(pl.LightningModule):
                 "category": batch["category"]}
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        from anomaly_zoo.viz.writer import PredictionWriter
-
         # `predict` writes scores and overlays; a user-given PredictionWriter (same type) replaces this one.
         return [PredictionWriter()]
 
