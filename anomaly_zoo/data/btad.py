@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from anomaly_zoo.data.mvtec_ad import MVTecStyleDataModule
+from anomaly_zoo.data.mvtec_style import MVTecStyleDataModule
 from anomaly_zoo.registry import DATAMODULES
 
 

@@ -9,7 +9,7 @@ from anomaly_zoo.data.base import AnomalyDataModule
 from anomaly_zoo.data.dataset import Sample
 from anomaly_zoo.data.errors import DatasetError
 from anomaly_zoo.data.io import list_images, match_by_stem, require_dir
-from anomaly_zoo.data.mvtec_ad import missing_mask_error
+from anomaly_zoo.data.layout import missing_mask_error
 from anomaly_zoo.data.transforms import ImageSize
 from anomaly_zoo.registry import DATAMODULES
 
@@ -78,9 +78,16 @@ class Folder(AnomalyDataModule):
             raise DatasetError(f"`normal_split_ratio` must be in [0, 1), got {normal_split_ratio}.")
         self._has_root = root is not None
         super().__init__(
-            root if root is not None else ".", category, image_size, batch_size, eval_batch_size,
-            num_workers, normalization, interpolation, train_augmentations,
-        )  # fmt: skip
+            root=root if root is not None else ".",
+            category=category,
+            image_size=image_size,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            normalization=normalization,
+            interpolation=interpolation,
+            train_augmentations=train_augmentations,
+        )
         self.normal_dir = self._path(normal_dir)
         self.abnormal_dir = self._path(abnormal_dir)
         self.mask_dir = self._path(mask_dir)

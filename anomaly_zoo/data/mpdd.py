@@ -1,8 +1,8 @@
-"""MPDD (Metal Parts Defect Detection), an MVTec-style layout read with the MVTec AD parser."""
+"""MPDD (Metal Parts Defect Detection), an MVTec-style layout read with the shared MVTec-style parser."""
 
 from __future__ import annotations
 
-from anomaly_zoo.data.mvtec_ad import MVTecStyleDataModule
+from anomaly_zoo.data.mvtec_style import MVTecStyleDataModule
 from anomaly_zoo.registry import DATAMODULES
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from anomaly_zoo.data.base import AnomalyDataModule
 from anomaly_zoo.data.dataset import Sample
 from anomaly_zoo.data.io import list_images
-from anomaly_zoo.data.mvtec_ad import missing_mask_error, require_images, subdirs
+from anomaly_zoo.data.layout import missing_mask_error, require_images, subdirs
 from anomaly_zoo.registry import DATAMODULES
 
 

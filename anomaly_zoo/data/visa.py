@@ -9,7 +9,7 @@ from pathlib import Path
 from anomaly_zoo.data.base import AnomalyDataModule
 from anomaly_zoo.data.dataset import Sample
 from anomaly_zoo.data.errors import DatasetError
-from anomaly_zoo.data.mvtec_ad import format_list, missing_mask_error
+from anomaly_zoo.data.layout import format_list, missing_mask_error
 from anomaly_zoo.data.transforms import ImageSize
 from anomaly_zoo.registry import DATAMODULES
 
@@ -67,9 +67,16 @@ class VisA(AnomalyDataModule):
         split_file: str | Path = "split_csv/1cls.csv",
     ) -> None:
         super().__init__(
-            root, category, image_size, batch_size, eval_batch_size, num_workers,
-            normalization, interpolation, train_augmentations,
-        )  # fmt: skip
+            root=root,
+            category=category,
+            image_size=image_size,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            normalization=normalization,
+            interpolation=interpolation,
+            train_augmentations=train_augmentations,
+        )
         self.split_file = self.root / Path(split_file).expanduser()
 
     @cached_property
