@@ -79,9 +79,14 @@ class AnomalyMetrics(Metric):
         self.details: pd.DataFrame | None = None
 
     def update(self, output: Mapping[str, Any], batch: Mapping[str, Any]) -> None:
+        # One of the two may be absent: set-level protocols stream the maps per batch and finish the
+        # scores at epoch end (models/components/set_level.py).
+        maps, scores = output.get("anomaly_map"), output.get("pred_score")
         try:
-            maps, scores = output["anomaly_map"], output["pred_score"]
-            masks, labels, cats = batch["mask"], batch["label"], batch["category"]
+            if maps is None and scores is None:
+                raise KeyError("'anomaly_map' and 'pred_score'")
+            labels, cats = batch["label"], batch["category"]
+            masks = batch["mask"] if maps is not None else None
         except KeyError as err:
             raise KeyError(
                 f"AnomalyMetrics.update needs output['anomaly_map'], output['pred_score'], batch['mask'], "
@@ -91,10 +96,12 @@ class AnomalyMetrics(Metric):
         n = int(labels.shape[0])
         if isinstance(cats, str):
             cats = [cats] * n
-        if len(cats) != n or maps.shape[0] != n or scores.reshape(-1).shape[0] != n:
+        n_maps = n if maps is None else maps.shape[0]
+        n_scores = n if scores is None else scores.reshape(-1).shape[0]
+        if len(cats) != n or n_maps != n or n_scores != n:
             raise ValueError(
-                f"batch size mismatch: {len(cats)} categories, {n} labels, {maps.shape[0]} anomaly maps, "
-                f"{scores.reshape(-1).shape[0]} scores"
+                f"batch size mismatch: {len(cats)} categories, {n} labels, {n_maps} anomaly maps, "
+                f"{n_scores} scores"
             )
         unknown = sorted(set(cats) - self._position.keys())
         if unknown:
@@ -114,8 +121,10 @@ class AnomalyMetrics(Metric):
 
             i = self._position[c]
             idx = None if index is None else take(index)
-            self.image[i].update(take(scores.reshape(-1)), take(labels), idx)
-            self.pixel[i].update(take(maps), take(masks), idx)
+            if scores is not None:
+                self.image[i].update(take(scores.reshape(-1)), take(labels), idx)
+            if maps is not None:
+                self.pixel[i].update(take(maps), take(masks), idx)
 
     def forward(self, output: Mapping[str, Any], batch: Mapping[str, Any]) -> None:  # type: ignore[override]
         """Calling the collection updates it; there is no per-batch table (torchmetrics' default forward

@@ -3,6 +3,12 @@
 A subclass implements ``predict_anomaly(images) -> {"anomaly_map": (B,1,h,w), "pred_score": (B,)}``
 plus its ``training_step`` and ``configure_optimizers``; evaluation, map resizing, result tables and
 logging live here once.
+
+Set-level post-processing (protocols that normalise over a category's whole test set): a subclass whose
+``set_level_protocol()`` is true provides ``predict_set_statistics`` (compact per-image statistics, and the
+final map when it is already known) and ``finish_set`` (the scores, and the map if needed, from a
+category's statistics and their set-wide ranges). Validation and test then keep those statistics until the
+epoch ends (``components/set_level.py``), never full-size maps; ``predict`` always uses ``predict_anomaly``.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from anomaly_zoo.metrics import COLUMNS, AnomalyMetrics, format_results_table, save_results
+from anomaly_zoo.models.components.set_level import SetLevelBuffer
 from anomaly_zoo.models.components.upsample import resize_map
 from anomaly_zoo.viz.writer import PredictionWriter
 
@@ -32,6 +39,8 @@ class AnomalyModule(pl.LightningModule):
 
     #: How the image score is computed, stated in every results caption.
     image_score_rule: str = "max of the anomaly map"
+    #: Names of ``predict_set_statistics``' ``set_stats`` whose per-category (min, max) ``finish_set`` needs.
+    set_statistics: tuple[str, ...] = ()
 
     def __init__(self, pixel_metrics: str = "streaming", fpr_limit: float = 0.3, results_dir: str | None = None) -> None:
         super().__init__()
@@ -41,6 +50,7 @@ class AnomalyModule(pl.LightningModule):
         self.fpr_limit = fpr_limit
         self.results_dir = results_dir
         self.metrics = None
+        self._set_buffer: SetLevelBuffer | None = None
         self.results: dict[str, pd.DataFrame] = {}
         self.epochs_trained = 0
 
@@ -52,22 +62,51 @@ class AnomalyModule(pl.LightningModule):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.predict_anomaly(images)
 
+    # ---- set-level post-processing (optional) ------------------------------------------------------
+    def set_level_protocol(self) -> bool:
+        """True when scores are finished over each category's whole evaluated set (a transductive protocol)."""
+        return False
+
+    def predict_set_statistics(self, images: torch.Tensor) -> dict[str, Any]:
+        """``{"set_stats": {name: (B, ...)}}``, plus ``"anomaly_map"`` (B,1,h,w) when it is final already.
+
+        The statistics are kept on CPU until the epoch ends: keep them compact (scalars, token-grid maps).
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no set-level protocol.")
+
+    def finish_set(
+        self, set_stats: dict[str, torch.Tensor], ranges: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        """Scores ``{"pred_score": (N,)}`` (and ``"anomaly_map"`` if not given per batch) for N images of one
+        category, from their stacked ``set_stats`` and the (min, max) of each ``set_statistics`` entry over
+        the category's whole set (every DDP rank)."""
+        raise NotImplementedError(f"{type(self).__name__} has no set-level protocol.")
+
+    def protocol_caption(self) -> str:
+        """Appended to the results caption: say here when a transductive protocol ran."""
+        return ""
+
     # ---- shared evaluation -----------------------------------------------------------------------
     def anomaly_output(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The Output contract: the detector's map brought to the mask's resolution."""
         output = self.predict_anomaly(batch["image"])
         anomaly_map, pred_score = output["anomaly_map"], output["pred_score"]
         batch_size = batch["image"].shape[0]
-        if anomaly_map.ndim != 4 or anomaly_map.shape[:2] != (batch_size, 1):
-            raise RuntimeError(f"{type(self).__name__} returned anomaly_map of shape {tuple(anomaly_map.shape)}, "
-                               f"expected ({batch_size}, 1, h, w).")
+        anomaly_map = self._checked_map(anomaly_map, batch)
         if pred_score.shape != (batch_size,):
             raise RuntimeError(f"{type(self).__name__} returned pred_score of shape {tuple(pred_score.shape)}, "
                                f"expected ({batch_size},).")
         output = dict(output)
-        output["anomaly_map"] = resize_map(anomaly_map.float(), tuple(batch["mask"].shape[-2:]))
+        output["anomaly_map"] = anomaly_map
         output["pred_score"] = pred_score.float()
         return output
+
+    def _checked_map(self, anomaly_map: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        batch_size = batch["image"].shape[0]
+        if anomaly_map.ndim != 4 or anomaly_map.shape[:2] != (batch_size, 1):
+            raise RuntimeError(f"{type(self).__name__} returned anomaly_map of shape {tuple(anomaly_map.shape)}, "
+                               f"expected ({batch_size}, 1, h, w).")
+        return resize_map(anomaly_map.float(), tuple(batch["mask"].shape[-2:]))
 
     def _start_metrics(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
@@ -83,13 +122,41 @@ class AnomalyModule(pl.LightningModule):
                 "with a `categories` attribute (see anomaly_zoo.data.AnomalyDataset)."
             )
         self.metrics = AnomalyMetrics(categories, pixel_mode=self.pixel_metrics, fpr_limit=self.fpr_limit).to(self.device)
+        self._set_buffer = None
+        if self.set_level_protocol():
+            self._set_buffer = SetLevelBuffer(categories, self.set_statistics, keep_masks=True)
 
     def _eval_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        if self._set_buffer is not None:
+            return self._set_level_step(batch)
         output = self.anomaly_output(batch)
         self.metrics.update(output, batch)
         return output
 
+    def _set_level_step(self, batch: dict[str, Any]) -> dict[str, Any]:
+        output = self.predict_set_statistics(batch["image"])
+        if "anomaly_map" in output:  # final already: stream it into the pixel metrics, keep no masks
+            self._set_buffer.keep_masks = False
+            self.metrics.update({"anomaly_map": self._checked_map(output["anomaly_map"], batch)}, batch)
+        self._set_buffer.add(output["set_stats"], batch)
+        return output
+
+    def _finish_set_level(self) -> None:
+        buffer, self._set_buffer = self._set_buffer, None
+        if buffer is None or self.metrics is None:
+            return
+
+        def update(output: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
+            if "anomaly_map" in output:
+                output = {**output, "anomaly_map": resize_map(output["anomaly_map"].float(),
+                                                              tuple(batch["mask"].shape[-2:]))}
+            self.metrics.update(output, batch)
+
+        with torch.no_grad():
+            buffer.finish(self.finish_set, update, device=self.device)
+
     def _finish_metrics(self, stage: str) -> pd.DataFrame | None:
+        self._finish_set_level()
         metrics, self.metrics = self.metrics, None
         if metrics is None or self.trainer.sanity_checking:
             return None  # a few sanity batches make no meaningful table
@@ -123,7 +190,8 @@ class AnomalyModule(pl.LightningModule):
         return (
             f"{name} on {data}, evaluated at {resolution}; epochs trained: {self.epochs_trained}; seed: {seed}; "
             f"device: {self.device.type}; image score: {self.image_score_rule}; pixel metrics: {self.pixel_metrics} mode; "
-            f"AUPRO up to FPR {self.fpr_limit}. Values in %."
+            f"AUPRO up to FPR {self.fpr_limit}.{(' ' + self.protocol_caption()) if self.protocol_caption() else ''} "
+            "Values in %."
         )
 
     def _report(self, table: pd.DataFrame) -> None:
