@@ -17,21 +17,28 @@ Training uses the normal classes' training images. The test set is every test im
 plus, with ``balance_test`` (the authors' protocol), an equally large random (seeded) sample of the other
 classes' test images — otherwise all of them. Labels are image-level only: every mask is all zeros, so the
 pixel metrics (P-AUROC, P-AP, P-F1max, AUPRO) are undefined for this dataset; read the image metrics.
+The archive is never modified: the images a protocol uses are written once as lossless PNGs into the cache
+(``$ANOMALY_ZOO_CACHE``, see :func:`export_images`) and read from there like any other dataset's files.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import pickle
+import shutil
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
+from PIL import Image
 
 from anomaly_zoo.data.base import AnomalyDataModule
+from anomaly_zoo.data.dataset import Sample
 from anomaly_zoo.data.errors import DatasetError
-from anomaly_zoo.data.transforms import ImageSize, build_transform, resize_pair
+from anomaly_zoo.data.synthetic import cache_dir
+from anomaly_zoo.data.transforms import ImageSize
 from anomaly_zoo.registry import DATAMODULES
 
 CIFAR10_CLASSES: tuple[str, ...] = (
@@ -98,48 +105,36 @@ def parse_normal_classes(category: str | int | Sequence[str | int]) -> list[int]
     return sorted(indices)
 
 
-class ArrayDataset(Dataset):
-    """In-memory images → Batch-contract dicts (all-zero masks: image-level labels only)."""
+def export_images(images: np.ndarray, labels: np.ndarray, classes: Sequence[int]) -> dict[int, Path]:
+    """Rows of ``classes`` in one batch file's ``images`` as PNG files: ``{row: path}`` (written once, reused).
 
-    def __init__(
-        self,
-        images: np.ndarray,
-        labels: np.ndarray,
-        paths: Sequence[str],
-        category: str,
-        image_size: tuple[int, int] | None,
-        interpolation: str,
-        normalization: str,
-        augmentations: Sequence[str] = (),
-    ) -> None:
-        self.images = images
-        self.labels = labels
-        self.paths = list(paths)
-        self.category = category
-        self.image_size = image_size
-        self.interpolation = interpolation
-        self.transform = build_transform(normalization, augmentations)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def categories(self) -> list[str]:
-        return [self.category]
-
-    def __getitem__(self, index: int) -> dict:
-        image = self.images[index]
-        mask = np.zeros(image.shape[:2], dtype=bool)
-        image, mask = resize_pair(image, mask, self.image_size, self.interpolation)
-        out = self.transform(image=np.ascontiguousarray(image), mask=mask.astype(np.uint8))
-        return {
-            "image": out["image"].float(),
-            "mask": torch.zeros((1, *out["image"].shape[-2:]), dtype=torch.uint8),
-            "label": torch.tensor(int(self.labels[index]), dtype=torch.long),
-            "category": self.category,
-            "path": self.paths[index],
-            "index": torch.tensor(index, dtype=torch.long),
-        }
+    The archive stays as shipped; its images are written losslessly into the cache
+    (``<cache>/cifar10/<hash of the batch's pixels>/<class>/<row>.png``) so that CIFAR-10 takes the same
+    path as every other dataset: one :class:`Sample` per image file, read by :class:`AnomalyDataset`, and
+    ``predict`` draws its heat-map overlays on the image. Each class folder is written to a temporary
+    sibling and renamed in one step, so concurrent processes (DDP ranks) never see half of it.
+    """
+    base = cache_dir() / "cifar10" / hashlib.sha256(np.ascontiguousarray(images).data).hexdigest()[:16]
+    paths: dict[int, Path] = {}
+    for cls in classes:
+        rows = np.flatnonzero(labels == cls)
+        target = base / CIFAR10_CLASSES[cls]
+        if not target.is_dir():
+            tmp = base / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir(parents=True)
+            try:
+                for row in rows:
+                    # zlib effort 1: 32-px images, writing time matters more than bytes
+                    Image.fromarray(images[row]).save(tmp / f"{row:05d}.png", compress_level=1)
+                try:
+                    os.rename(tmp, target)
+                except OSError:
+                    if not target.is_dir():
+                        raise  # only a concurrent writer that finished first is fine
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        paths.update({int(row): target / f"{row:05d}.png" for row in rows})
+    return paths
 
 
 @DATAMODULES.register("cifar10")
@@ -214,43 +209,35 @@ class CIFAR10(AnomalyDataModule):
         self.check_root()
         return [self.group_name]
 
-    def _dataset(self, files: Sequence[str], train: bool) -> ArrayDataset:
+    def make_samples(self, category: str, split: str) -> list[Sample]:
+        """Training: the normal classes' training images. Test: the normal classes' test images, then the
+        anomalous ones (with ``balance_test``, a seeded sample as large as the normal part). No ``val``."""
+        if split == "val":
+            return []  # no validation split: the last epoch's model is the one tested
         archive = self.root / ARCHIVE_DIR
-        images, labels, paths = [], [], []
-        for name in files:
-            data, targets = read_batch(archive / name)
-            images.append(data)
-            labels.append(targets)
-            paths += [f"{archive / name}#{i}" for i in range(len(data))]
-        data, targets, paths_arr = np.concatenate(images), np.concatenate(labels), np.asarray(paths)
-        normal = np.isin(targets, self.normal_classes)
-        if train:
-            keep = np.flatnonzero(normal)
-        else:
-            anomalous = np.flatnonzero(~normal)
-            if self.balance_test and len(anomalous) > normal.sum():
-                rng = np.random.default_rng(self.seed)
-                anomalous = np.sort(rng.choice(anomalous, size=int(normal.sum()), replace=False))
-            keep = np.concatenate([np.flatnonzero(normal), anomalous])
+        files = TRAIN_FILES if split == "train" else (TEST_FILE,)
+        batches = {name: read_batch(archive / name) for name in files}
+        rows = [(name, row) for name in files for row in range(len(batches[name][1]))]
+        labels = np.concatenate([batches[name][1] for name in files])
+        normal = np.isin(labels, self.normal_classes)
         if not normal.any():
             raise DatasetError(
                 f"No images of the normal classes {self.normal_classes} in {', '.join(files)} under '{archive}'."
             )
-        return ArrayDataset(
-            data[keep],
-            (~normal[keep]).astype(np.int64),
-            paths_arr[keep].tolist(),
-            self.group_name,
-            self.image_size,
-            self.interpolation,
-            self.normalization,
-            self.train_augmentations if train else (),
-        )
-
-    def setup(self, stage: str | None = None) -> None:
-        self.categories = self.resolve_categories()
-        if stage in (None, "fit") and self.train_dataset is None:
-            self.train_dataset = self._dataset(TRAIN_FILES, train=True)
-        self.val_dataset = None  # no validation split: the last epoch's model is the one tested
-        if stage in (None, "test", "predict", "validate", "fit") and self.test_dataset is None:
-            self.test_dataset = self._dataset((TEST_FILE,), train=False)
+        keep = np.flatnonzero(normal)
+        if split == "test":
+            anomalous = np.flatnonzero(~normal)
+            if self.balance_test and len(anomalous) > normal.sum():
+                rng = np.random.default_rng(self.seed)
+                anomalous = np.sort(rng.choice(anomalous, size=int(normal.sum()), replace=False))
+            keep = np.concatenate([keep, anomalous])
+        paths = {
+            name: export_images(*batches[name], sorted({int(labels[i]) for i in keep if rows[i][0] == name}))
+            for name in files
+        }
+        # semantic anomalies carry an image-level label only ("unlabelled": all-zero mask)
+        return [
+            Sample(str(paths[rows[i][0]][rows[i][1]]), 0 if normal[i] else 1, category, (),
+                   "good" if normal[i] else "unlabelled")
+            for i in keep
+        ]  # fmt: skip
