@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from anomaly_zoo.data.base import AnomalyDataModule
-from anomaly_zoo.data.dataset import Sample
+from anomaly_zoo.data.dataset import AnomalyDataset, Sample
 from anomaly_zoo.data.io import list_images
 from anomaly_zoo.data.layout import missing_mask_error, require_images, subdirs
+from anomaly_zoo.data.loco_defects import LOCODefectsDataset
 from anomaly_zoo.registry import DATAMODULES
 
 
@@ -38,14 +40,19 @@ class MVTecLOCO(AnomalyDataModule):
 
     Every mask in ``ground_truth/<defect>/<stem>/`` belongs to test image ``<stem>.png`` and all of
     them are merged (logical OR) into one binary mask — none is dropped. An anomalous image whose
-    mask folder is missing or empty is an error. The per-defect saturation thresholds of the sPRO
-    metric (``defects_config.json``) are not used: metrics see the merged binary mask.
+    mask folder is missing or empty is an error. Test batches also carry each defect separately with
+    its saturation area from ``<category>/defects_config.json`` (``spro_*`` keys, see
+    :mod:`~anomaly_zoo.data.loco_defects`), so the results table adds sPRO per split.
 
     Args: see :class:`~anomaly_zoo.data.base.AnomalyDataModule`.
     """
 
     CATEGORIES = ("breakfast_box", "juice_bottle", "pushpins", "screw_bag", "splicing_connectors")
     DATASET_NAME = "MVTec LOCO AD"
+
+    def build_dataset(self, categories: Sequence[str], split: str) -> AnomalyDataset | None:
+        # sPRO needs every defect mask on its own; the base dataset merges them (data/loco_defects.py).
+        return LOCODefectsDataset.wrap(super().build_dataset(categories, split), self.root)
 
     def make_samples(self, category: str, split: str) -> list[Sample]:
         category_dir = self.root / category

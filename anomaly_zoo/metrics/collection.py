@@ -12,6 +12,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from anomaly_zoo.metrics.image import ImageMetrics
+from anomaly_zoo.metrics.loco import LOCOMetrics, loco_table
 from anomaly_zoo.metrics.pixel import DEFAULT_NUM_BINS, PixelMetrics, PixelMode
 from anomaly_zoo.metrics.table import COLUMNS
 
@@ -76,6 +77,9 @@ class AnomalyMetrics(Metric):
             PixelMetrics(mode=pixel_mode, fpr_limit=fpr_limit, num_bins=num_bins, **child_kwargs)
             for _ in names
         )
+        # MVTec LOCO sPRO and per-split image AUROC: made when batches carry the sPRO keys (metrics/loco.py).
+        self.loco = torch.nn.ModuleDict()
+        self._loco_kwargs = {"mode": pixel_mode, "num_bins": num_bins, **child_kwargs}
         self.details: pd.DataFrame | None = None
 
     def update(self, output: Mapping[str, Any], batch: Mapping[str, Any]) -> None:
@@ -125,6 +129,20 @@ class AnomalyMetrics(Metric):
                 self.image[i].update(take(scores.reshape(-1)), take(labels), idx)
             if maps is not None:
                 self.pixel[i].update(take(maps), take(masks), idx)
+            if "spro_split" in batch:  # MVTec LOCO (data/loco_defects.py)
+                keys = [batch.get(k) for k in ("spro_regions", "spro_saturation", "spro_split")]
+                self._loco(i, labels.device).update(
+                    None if maps is None else take(maps),
+                    None if scores is None else take(scores.reshape(-1)),
+                    take(labels),
+                    *(None if k is None else take(k) for k in keys),
+                    idx,
+                )
+
+    def _loco(self, i: int, device: torch.device) -> LOCOMetrics:
+        if str(i) not in self.loco:
+            self.loco[str(i)] = LOCOMetrics(**self._loco_kwargs).to(device)
+        return self.loco[str(i)]
 
     def forward(self, output: Mapping[str, Any], batch: Mapping[str, Any]) -> None:  # type: ignore[override]
         """Calling the collection updates it; there is no per-batch table (torchmetrics' default forward
@@ -176,9 +194,17 @@ class AnomalyMetrics(Metric):
             raise ValueError("AnomalyMetrics received no samples: is the test set empty?")
         table = pd.DataFrame.from_dict(rows, orient="index", columns=list(COLUMNS[:-1]))
         table["mAD"] = table.mean(axis=1, skipna=False)
+        loco_details = None
+        if len(self.loco):  # MVTec LOCO: sPRO and per-split image AUROC beside the standard columns
+            loco, loco_details = loco_table(
+                {self.categories[int(k)]: self.loco[k] for k in sorted(self.loco, key=int)}
+            )
+            table = table.join(loco)
         table.loc["mean"] = table.mean(axis=0, skipna=False)
         table.index.name = "category"
         self.details = pd.DataFrame.from_dict(details, orient="index")
+        if loco_details is not None:
+            self.details = self.details.join(loco_details)
         self.details.index.name = "category"
         return table
 
@@ -202,6 +228,6 @@ class AnomalyMetrics(Metric):
 
     def reset(self) -> None:
         super().reset()
-        for child in (*self.image, *self.pixel):
+        for child in (*self.image, *self.pixel, *self.loco.values()):
             child.reset()
         self.details = None

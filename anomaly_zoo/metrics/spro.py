@@ -228,7 +228,9 @@ class SPRO(ListStateMetric):
             if group.numel() != n:
                 raise ValueError(f"split has {group.numel()} entries but the batch has {n} maps")
             if bool(((group < 0) | (group > len(self.splits))).any()):
-                raise ValueError(f"split codes must be 0 (normal) .. {len(self.splits)}, got {group.tolist()}")
+                raise ValueError(
+                    f"split codes must be 0 (normal) .. {len(self.splits)}, got {group.tolist()}"
+                )
             if bool(((group == 0) & (n_defects > 0)).any()):
                 raise ValueError("an image with split code 0 (normal) has defect regions")
         self.n_images += n

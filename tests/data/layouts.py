@@ -231,3 +231,30 @@ def one_batch(dataset, batch_size: int = 64) -> dict:
 def stem_index(path: str) -> int:
     """``…/003.png`` or ``…/a003.png`` → 3."""
     return int("".join(ch for ch in Path(path).stem if ch.isdigit()))
+
+
+# ---- MVTec LOCO with defects_config.json (sPRO) ---------------------------------------------------------
+#: (defect_name, pixel_value, saturation_threshold, relative_saturation) of the fake categories; mask ``k``
+#: of an image stores the pixel value of entry ``k % 3``.
+LOCO_DEFECT_CONFIG = (
+    ("missing_part", 255, 1.0, True),
+    ("extra_part", 254, 5, False),
+    ("wrong_colour", 253, 0.5, True),
+)
+
+
+def make_loco_with_config(root: Path, **kwargs) -> Path:
+    """:func:`make_loco` plus ``<cat>/defects_config.json``; mask ``k`` stores pixel value of entry ``k % 3``."""
+    import json
+
+    make_loco(root, **kwargs)
+    entries = [
+        {"defect_name": n, "pixel_value": v, "saturation_threshold": t, "relative_saturation": r}
+        for n, v, t, r in LOCO_DEFECT_CONFIG
+    ]
+    for category in [p for p in root.iterdir() if (p / "ground_truth").is_dir()]:
+        (category / "defects_config.json").write_text(json.dumps(entries))
+        for mask in sorted((category / "ground_truth").rglob("*.png")):
+            k = int(mask.stem)
+            write_mask(mask, box(3 * k), value=LOCO_DEFECT_CONFIG[k % 3][1])
+    return root
