@@ -9,6 +9,11 @@ Set-level post-processing (protocols that normalise over a category's whole test
 final map when it is already known) and ``finish_set`` (the scores, and the map if needed, from a
 category's statistics and their set-wide ranges). Validation and test then keep those statistics until the
 epoch ends (``components/set_level.py``), never full-size maps; ``predict`` always uses ``predict_anomaly``.
+
+Deployment (``components/thresholds.py``, ``viz/report.py``, ``anomaly_zoo/export``): after ``fit`` the image
+and pixel thresholds are calibrated on the validation split (or the normal training images), never on test
+data, and stored in the checkpoint with the preprocessing; ``test`` adds F1 / precision / recall at them and
+writes ``report.html``; ``predict`` reports decisions (and normalised scores on request).
 """
 
 from __future__ import annotations
@@ -23,8 +28,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from anomaly_zoo.metrics import COLUMNS, AnomalyMetrics, format_results_table, save_results
+from anomaly_zoo.metrics.thresholded import ThresholdedMetrics
+from anomaly_zoo.models.components.preprocessing import preprocessing_of
 from anomaly_zoo.models.components.set_level import SetLevelBuffer
+from anomaly_zoo.models.components.thresholds import ThresholdCalibrator, ThresholdOptions, Thresholds
 from anomaly_zoo.models.components.upsample import resize_map
+from anomaly_zoo.viz.report import ReportCollector, write_report
 from anomaly_zoo.viz.writer import PredictionWriter
 
 
@@ -41,6 +50,8 @@ class AnomalyModule(pl.LightningModule):
     image_score_rule: str = "max of the anomaly map"
     #: Names of ``predict_set_statistics``' ``set_stats`` whose per-category (min, max) ``finish_set`` needs.
     set_statistics: tuple[str, ...] = ()
+    #: How the thresholds are chosen after ``fit``; set on the instance (the CLI's ``--threshold.*``).
+    threshold_options: ThresholdOptions = ThresholdOptions()
 
     def __init__(self, pixel_metrics: str = "streaming", fpr_limit: float = 0.3, results_dir: str | None = None) -> None:
         super().__init__()
@@ -53,6 +64,12 @@ class AnomalyModule(pl.LightningModule):
         self._set_buffer: SetLevelBuffer | None = None
         self.results: dict[str, pd.DataFrame] = {}
         self.epochs_trained = 0
+        #: Calibrated after fit (``calibrate_thresholds``), saved in and restored from checkpoints.
+        self.thresholds: Thresholds | None = None
+        #: The input format the model was fitted on (size, normalisation, interpolation), from the DataModule.
+        self.preprocessing: dict[str, Any] | None = None
+        self._thresholded: ThresholdedMetrics | None = None
+        self._report_data: ReportCollector | None = None
 
     # ---- what a detector provides ------------------------------------------------------------
     def predict_anomaly(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -85,6 +102,14 @@ class AnomalyModule(pl.LightningModule):
     def protocol_caption(self) -> str:
         """Appended to the results caption: say here when a transductive protocol ran."""
         return ""
+
+    def export_limitations(self, export_format: str) -> str | None:
+        """Why this model cannot be exported to ``export_format`` (``onnx`` | ``torchscript``); None = it can.
+
+        The exporter traces ``predict_anomaly``; a model whose inference takes data-dependent Python branches
+        (e.g. routing that picks experts per image) overrides this to say so, instead of a silently wrong graph.
+        """
+        return None
 
     # ---- shared evaluation -----------------------------------------------------------------------
     def anomaly_output(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -125,12 +150,30 @@ class AnomalyModule(pl.LightningModule):
         self._set_buffer = None
         if self.set_level_protocol():
             self._set_buffer = SetLevelBuffer(categories, self.set_statistics, keep_masks=True)
+        self._start_test_extras(stage, categories, datamodule)
+
+    # ---- deployment: thresholds at test time, the HTML report ------------------------------------------
+    def _start_test_extras(self, stage: str, categories: list[str], datamodule: Any) -> None:
+        self._thresholded, self._report_data = None, None
+        if stage != "test":
+            return
+        # Stored thresholds are on the per-image rule's scale; a set-level protocol rescales scores.
+        if self.thresholds is not None and not self.set_level_protocol():
+            self._thresholded = ThresholdedMetrics(categories, self.thresholds.image, self.thresholds.pixel).to(self.device)
+        self._report_data = ReportCollector(categories, normalization=preprocessing_of(datamodule).get("normalization"))
+
+    def _update_test_extras(self, output: dict[str, Any], batch: dict[str, Any]) -> None:
+        if self._thresholded is not None:
+            self._thresholded.update(output, batch)
+        if self._report_data is not None:
+            self._report_data.update(output, batch)
 
     def _eval_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         if self._set_buffer is not None:
             return self._set_level_step(batch)
         output = self.anomaly_output(batch)
         self.metrics.update(output, batch)
+        self._update_test_extras(output, batch)
         return output
 
     def _set_level_step(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -151,6 +194,7 @@ class AnomalyModule(pl.LightningModule):
                 output = {**output, "anomaly_map": resize_map(output["anomaly_map"].float(),
                                                               tuple(batch["mask"].shape[-2:]))}
             self.metrics.update(output, batch)
+            self._update_test_extras(output, batch)
 
         with torch.no_grad():
             buffer.finish(self.finish_set, update, device=self.device)
@@ -177,8 +221,17 @@ class AnomalyModule(pl.LightningModule):
             }
             for logger in self.loggers:
                 logger.log_metrics(per_category, step=self.global_step)
-            self._report(table)
+            table = self._with_thresholded(table)
+            self.results[stage] = table
+            self._report(table, metrics)
         return table
+
+    def _with_thresholded(self, table: pd.DataFrame) -> pd.DataFrame:
+        """The table plus F1 / precision / recall at the stored thresholds (columns after mAD)."""
+        thresholded, self._thresholded = self._thresholded, None
+        if thresholded is None:
+            return table
+        return table.join(thresholded.compute(), how="left")
 
     def results_caption(self) -> str:
         datamodule = self.trainer.datamodule
@@ -191,18 +244,33 @@ class AnomalyModule(pl.LightningModule):
             f"{name} on {data}, evaluated at {resolution}; epochs trained: {self.epochs_trained}; seed: {seed}; "
             f"device: {self.device.type}; image score: {self.image_score_rule}; pixel metrics: {self.pixel_metrics} mode; "
             f"AUPRO up to FPR {self.fpr_limit}.{(' ' + self.protocol_caption()) if self.protocol_caption() else ''} "
-            "Values in %."
+            f"{self._threshold_caption()}Values in %."
         )
 
-    def _report(self, table: pd.DataFrame) -> None:
+    def _threshold_caption(self) -> str:
+        if self.thresholds is None:
+            return "No stored thresholds (fit calibrates them): no thresholded columns. "
+        if self.set_level_protocol():
+            return (f"{self.thresholds.describe()} Not applied here: the set-level protocol rescales the "
+                    "scores (the thresholds serve predict / export, which use the per-image rule). ")
+        return f"{self.thresholds.describe()} I-/P-F1, Precision, Recall at these thresholds. "
+
+    def _report(self, table: pd.DataFrame, metrics: AnomalyMetrics | None = None) -> None:
         # trainer.log_dir broadcasts from rank 0: every rank must ask for it, not only the one that writes.
         directory = self.results_dir or self.trainer.log_dir or "results"
+        report_data, self._report_data = self._report_data, None
+        # The curves' states are synced over ranks (a collective: every rank takes part).
+        curves = report_data.curves(metrics) if report_data is not None and metrics is not None else None
         if not self.trainer.is_global_zero:
             return
         caption = self.results_caption()
         rank_zero_info("\n" + format_results_table(table, caption))
         csv_path, _ = save_results(table, Path(directory), "test_results", caption)
         rank_zero_info(f"Results written to {csv_path} (+ .md)")
+        if report_data is not None:
+            html = write_report(Path(directory) / "report.html", table, caption, report_data, curves,
+                                self.thresholds if not self.set_level_protocol() else None)
+            rank_zero_info(f"Report written to {html}")
         for logger in self.loggers:
             if type(logger).__name__ == "WandbLogger":
                 logger.log_table(key="test/results", dataframe=table.reset_index(names="category"))
@@ -226,9 +294,64 @@ class AnomalyModule(pl.LightningModule):
         self._finish_metrics("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        output = self.anomaly_output(batch)
+        output = self.decide(self.anomaly_output(batch))
         return {**output, "path": batch["path"], "label": batch["label"], "mask": batch["mask"],
                 "category": batch["category"]}
+
+    def decide(self, output: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Add ``pred_label`` (B,) and ``pred_mask`` (B,1,H,W) at the stored thresholds; normalise on request.
+
+        With ``thresholds.normalize`` the map and score are replaced by their [0, 1] versions (0.5 = threshold)
+        and the raw score is kept as ``raw_score``. Without stored thresholds the output is unchanged.
+        """
+        thresholds = self.thresholds
+        if thresholds is None:
+            return output
+        output = dict(output)
+        if thresholds.normalize:
+            output["raw_score"] = output["pred_score"]
+            output["pred_score"] = thresholds.normalized_image(output["pred_score"])
+            output["anomaly_map"] = thresholds.normalized_map(output["anomaly_map"])
+        output["pred_label"] = (output["pred_score"] >= thresholds.image_decision).long()
+        output["pred_mask"] = output["anomaly_map"] >= thresholds.pixel_decision
+        return output
+
+    # ---- deployment: threshold calibration after fit -------------------------------------------------
+    def calibration_dataloader(self, datamodule: Any) -> tuple[Any, str] | None:
+        """(loader, description) of the calibration set: the validation split, else the normal training images.
+
+        The training images are read with the evaluation transform (no augmentation). Never the test split.
+        """
+        from anomaly_zoo.models.components.calibration_data import calibration_loader
+
+        return calibration_loader(datamodule)
+
+    @torch.inference_mode()
+    def calibrate_thresholds(self, dataloader: Any, source: str, options: ThresholdOptions | None = None) -> Thresholds:
+        """Score ``dataloader`` with the per-image rule (as ``predict`` does) and store the chosen thresholds."""
+        options = options or self.threshold_options
+        calibrator = ThresholdCalibrator(options.method, options.quantile)
+        was_training = self.training
+        self.eval()
+        try:
+            for batch in dataloader:
+                batch = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+                output = self.anomaly_output(batch)
+                calibrator.update(output["pred_score"], output["anomaly_map"], batch["label"], batch["mask"])
+        finally:
+            self.train(was_training)
+        self.thresholds = calibrator.compute(source, normalize=options.normalize)
+        rank_zero_info(self.thresholds.describe())
+        return self.thresholds
+
+    def _calibrate_after_fit(self) -> None:
+        datamodule = self.trainer.datamodule
+        self.preprocessing = preprocessing_of(datamodule) or self.preprocessing
+        found = self.calibration_dataloader(datamodule) if datamodule is not None else None
+        if found is None:
+            rank_zero_info("No validation split or training images to calibrate thresholds on: none stored.")
+            return
+        self.calibrate_thresholds(*found)
 
     def configure_callbacks(self) -> list[pl.Callback]:
         # `predict` writes scores and overlays; a user-given PredictionWriter (same type) replaces this one.
@@ -244,12 +367,36 @@ class AnomalyModule(pl.LightningModule):
     def on_fit_end(self) -> None:
         # Statistics-only models (no optimiser) take no optimiser step, and Lightning's ModelCheckpoint
         # never saves at global step 0: write the final weights ourselves so `test --ckpt_path` works.
+        if self.epochs_trained > 0:
+            self._calibrate_after_fit()
         callback = self.trainer.checkpoint_callback
         if callback is not None and self.trainer.global_step == 0 and self.epochs_trained > 0 and callback.dirpath:
             self.trainer.save_checkpoint(os.path.join(callback.dirpath, "last.ckpt"))
+        elif callback is not None and self.thresholds is not None:
+            self._rewrite_final_checkpoints(callback)
+
+    def _rewrite_final_checkpoints(self, callback: Any) -> None:
+        """Write the thresholds into the checkpoints that hold the final weights (those saved at this step)."""
+        final = getattr(callback, "_last_global_step_saved", None) == self.trainer.global_step
+        paths = {getattr(callback, "last_model_path", "")}
+        if final and getattr(callback, "monitor", None) is None:  # without a monitor "best" is the latest save
+            paths.add(getattr(callback, "best_model_path", ""))
+        paths = sorted(p for p in paths if p and (final or p == getattr(callback, "last_model_path", "")))
+        for path in paths:
+            self.trainer.save_checkpoint(path)
+        if paths:
+            rank_zero_info(f"Thresholds stored in {', '.join(paths)}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["epochs_trained"] = self.epochs_trained
+        checkpoint["anomaly_zoo"] = {
+            "model_class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "thresholds": self.thresholds.to_dict() if self.thresholds is not None else None,
+            "preprocessing": self.preprocessing,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.epochs_trained = checkpoint.get("epochs_trained", checkpoint.get("epoch", 0))
+        deploy = checkpoint.get("anomaly_zoo") or {}
+        self.thresholds = Thresholds.from_dict(deploy["thresholds"]) if deploy.get("thresholds") else None
+        self.preprocessing = deploy.get("preprocessing")

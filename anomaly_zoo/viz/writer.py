@@ -1,65 +1,184 @@
-"""What ``anomaly-zoo predict`` writes: a scores CSV and heat-map overlays per image."""
+"""What ``anomaly-zoo predict`` writes: ``predictions.csv`` and, per image, an overlay (+ map / mask on request).
+
+Per image, named after its path relative to the common folder of all predicted images (so two folders or
+categories with the same file names never collide):
+
+- ``overlays/<name>.png``: the image at its native resolution, the anomaly map upsampled onto it (JET on
+  one fixed range per run), the predicted region (map ≥ pixel threshold) outlined in white and the
+  ground-truth region in green when the image has a mask;
+- ``maps/<name>.npy`` (``save_maps``): the map at native resolution, float32, in the reported unit
+  (normalised when the checkpoint normalises);
+- ``masks/<name>.png`` (``save_masks``): the predicted region at native resolution, 0/255.
+
+The native image is read from its file; when a path is not a file (in-memory datasets) the batch's
+pixels are used, de-normalised, at the batch's size.
+"""
 
 from __future__ import annotations
 
 import csv
-from pathlib import Path
+import os
+from collections.abc import Sequence
+from pathlib import Path, PurePath
 from typing import Any
 
+import cv2
 import lightning.pytorch as pl
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
 from anomaly_zoo.data.io import read_image
-from anomaly_zoo.viz.heatmap import overlay_heatmap
+from anomaly_zoo.viz.heatmap import denormalize, overlay_heatmap
+
+__all__ = ["PredictionWriter", "output_names"]
+
+
+def output_names(paths: Sequence[str]) -> dict[str, str]:
+    """Collision-free output names (no extension, ``/``-separated) for image paths.
+
+    Each name is the path relative to the deepest folder all paths share, without its extension; where two
+    paths would give the same name (``a.png`` and ``a.jpg``) the extension is kept in it (``a_jpg``).
+    """
+    unique = list(dict.fromkeys(str(p) for p in paths))
+    if not unique:
+        return {}
+    parents = [os.path.dirname(os.path.abspath(p)) for p in unique]
+    root = os.path.commonpath(parents) if len(set(parents)) > 1 else parents[0]
+    relative = [PurePath(os.path.relpath(os.path.abspath(p), root)).as_posix() for p in unique]
+    stems = [str(PurePath(r).with_suffix("")) if PurePath(r).suffix else r for r in relative]
+    taken: dict[str, int] = {}
+    for stem in stems:
+        taken[stem] = taken.get(stem, 0) + 1
+    names = {}
+    for path, rel, stem in zip(unique, relative, stems):
+        name = stem if taken[stem] == 1 else rel.replace(".", "_")
+        names[path] = name.lstrip("./") or "image"
+    return names
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Writes ``predictions.csv`` (path, category, label, pred_score) and ``heatmaps/<category>/<stem>.png``.
+    """Writes ``predictions.csv`` and per-image overlays (see the module docstring).
+
+    CSV columns: ``path, category, label`` (empty where unknown), ``pred_score`` (normalised when the
+    checkpoint says so), ``pred_label`` (1 = anomalous at the stored threshold; empty without thresholds),
+    ``raw_score`` (only when normalised), ``overlay``.
 
     Args:
         output_dir: default ``<log dir>/predictions``.
-        value_range: scores painted blue→red; default: the 1st and 99.9th percentiles of the first batch's maps.
+        value_range: scores painted blue→red; default: [0, 1] when normalised, else the calibration range
+            of the pixel scores, else the 1st and 99.9th percentiles of the first batch's maps.
         heatmaps: write overlay PNGs (the CSV is always written).
+        save_maps: also write the raw map per image (``.npy``).
+        save_masks: also write the predicted binary mask per image (``.png``).
     """
 
     def __init__(self, output_dir: str | None = None, value_range: tuple[float, float] | None = None,
-                 heatmaps: bool = True) -> None:
+                 heatmaps: bool = True, save_maps: bool = False, save_masks: bool = False) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir) if output_dir else None
         self.value_range = value_range
         self.heatmaps = heatmaps
+        self.save_maps = save_maps
+        self.save_masks = save_masks
         self._rows: list[dict[str, Any]] = []
+        self._names: dict[str, str] = {}
+        self._thresholds: Any = None
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.output_dir is None:
             self.output_dir = Path(trainer.log_dir or "results") / "predictions"
         self._rows = []
+        self._thresholds = getattr(pl_module, "thresholds", None)
+        preprocessing = getattr(pl_module, "preprocessing", None) or {}
+        self._mean, self._std = preprocessing.get("mean"), preprocessing.get("std")
+        if self._mean is None:
+            from anomaly_zoo.models.components.preprocessing import preprocessing_of
+
+            found = preprocessing_of(trainer.datamodule)
+            self._mean, self._std = found.get("mean"), found.get("std")
+        if self.value_range is None and self._thresholds is not None:
+            self.value_range = (0.0, 1.0) if self._thresholds.normalize else tuple(self._thresholds.pixel_range)
+        self._names = output_names(_dataset_paths(trainer))
+
+    def _name(self, path: str, category: str, index: int) -> str:
+        if path not in self._names:  # a loader without a listed dataset: still unique by index
+            self._names[path] = f"{category}/{index:06d}_{Path(path).stem}"
+        return self._names[path]
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         maps = prediction["anomaly_map"][:, 0].detach().float().cpu().numpy()
         if self.value_range is None:
             self.value_range = (float(np.percentile(maps, 1)), float(np.percentile(maps, 99.9)))
+        labels = prediction["label"].reshape(-1).tolist()
+        decisions = prediction.get("pred_label")
+        index = batch.get("index") if isinstance(batch, dict) else None
         for i, path in enumerate(prediction["path"]):
             category = prediction["category"][i]
-            score = float(prediction["pred_score"][i])
-            self._rows.append({"path": path, "category": category, "label": int(prediction["label"][i]),
-                               "pred_score": score})
-            if self.heatmaps:
-                image = np.asarray(Image.fromarray(read_image(path)).resize(maps[i].shape[::-1], Image.BILINEAR))
-                mask = prediction["mask"][i, 0].cpu().numpy().astype(bool)
-                target = self.output_dir / "heatmaps" / category / f"{Path(path).parent.name}_{Path(path).stem}.png"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(overlay_heatmap(image, maps[i], self.value_range, mask=mask)).save(target)
+            name = self._name(str(path), category, int(index[i]) if index is not None else len(self._rows))
+            row: dict[str, Any] = {
+                "path": path,
+                "category": category,
+                "label": labels[i] if labels[i] >= 0 else "",
+                "pred_score": float(prediction["pred_score"][i]),
+                "pred_label": int(decisions[i]) if decisions is not None else "",
+            }
+            if "raw_score" in prediction:
+                row["raw_score"] = float(prediction["raw_score"][i])
+            if self.heatmaps or self.save_maps or self.save_masks:
+                self._write_images(name, str(path), maps[i], prediction, batch, i)
+            row["overlay"] = f"overlays/{name}.png" if self.heatmaps else ""
+            self._rows.append(row)
+
+    def _write_images(self, name: str, path: str, anomaly_map: np.ndarray, prediction: dict, batch: dict,
+                      i: int) -> None:
+        if os.path.isfile(path):
+            image = read_image(path)
+        else:  # not a file (an in-memory dataset): the batch's pixels, at the batch's size
+            image = denormalize(batch["image"][i].detach().float().cpu().numpy(), self._mean, self._std)
+        height, width = image.shape[:2]
+        native = cv2.resize(anomaly_map, (width, height), interpolation=cv2.INTER_LINEAR)
+        predicted = None
+        if self._thresholds is not None:
+            predicted = native >= self._thresholds.pixel_decision
+        mask = prediction["mask"][i, 0].detach().cpu().numpy().astype(np.uint8)
+        mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST).astype(bool) if mask.any() else None
+        if self.heatmaps:
+            self._save_png(f"overlays/{name}.png", overlay_heatmap(image, native, self.value_range, mask=mask,
+                                                                   predicted=predicted))
+        if self.save_maps:
+            target = self.output_dir / "maps" / f"{name}.npy"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            np.save(target, native.astype(np.float32))
+        if self.save_masks and predicted is not None:
+            self._save_png(f"masks/{name}.png", predicted.astype(np.uint8) * 255)
+
+    def _save_png(self, relative: str, picture: np.ndarray) -> None:
+        target = self.output_dir / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(picture).save(target)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._rows:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         name = "predictions.csv" if trainer.world_size == 1 else f"predictions_rank{trainer.global_rank}.csv"
+        fields = list(dict.fromkeys(k for row in self._rows for k in row))
         with open(self.output_dir / name, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(self._rows[0]))
+            writer = csv.DictWriter(handle, fieldnames=fields)
             writer.writeheader()
             writer.writerows(self._rows)
-        print(f"Predictions written to {self.output_dir / name}" + (" (+ heatmaps/)" if self.heatmaps else ""))
+        if self.save_masks and self._thresholds is None:
+            print("No stored thresholds in this checkpoint: no binary masks written (fit calibrates them).")
+        print(f"Predictions written to {self.output_dir / name}" + (" (+ overlays/)" if self.heatmaps else ""))
+
+
+def _dataset_paths(trainer: pl.Trainer) -> list[str]:
+    loaders = trainer.predict_dataloaders
+    loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+    paths: list[str] = []
+    for loader in loaders:
+        samples = getattr(getattr(loader, "dataset", None), "samples", None)
+        if samples:
+            paths += [getattr(s, "image_path", None) or str(s) for s in samples]
+    return paths
