@@ -1,6 +1,8 @@
 """Pixel-level metrics (AUROC, AP, F1-max, AUPRO) from anomaly maps and ground-truth masks.
 
-Two modes share one code path from :class:`~anomaly_zoo.metrics.curves.RankedCounts` on:
+Two modes, one class each behind one interface (:class:`~anomaly_zoo.metrics.pixel_store.PixelStore`:
+:mod:`~anomaly_zoo.metrics.pixel_exact`, :mod:`~anomaly_zoo.metrics.pixel_streaming`), share one code path
+from :class:`~anomaly_zoo.metrics.curves.RankedCounts` on:
 
 ``exact``
     Keeps every map and mask (4 + 1 bytes per pixel) plus each sample's dataset index. ``compute()`` drops
@@ -43,32 +45,29 @@ from torch import Tensor
 
 from anomaly_zoo.metrics.auroc import auroc, auroc_error_bound
 from anomaly_zoo.metrics.average_precision import average_precision, average_precision_error_bound
-from anomaly_zoo.metrics.curves import RankedCounts, rank_ties
+from anomaly_zoo.metrics.curves import RankedCounts
 from anomaly_zoo.metrics.f1max import f1_max, f1_max_error_bound
-from anomaly_zoo.metrics.histogram import Grid, bin_index, canonical_grid, lower_edges, rebin
-from anomaly_zoo.metrics.pro import (
-    PRO_WEIGHT_SCALE,
-    aupro,
-    aupro_error_bound,
-    defect_pixels,
-    pro_curve_points,
-)
-from anomaly_zoo.metrics.samples import ListStateMetric, cat_state, unique_sample_order
-from anomaly_zoo.metrics.validation import PixelBatch, check_pixel_batch
+from anomaly_zoo.metrics.pixel_exact import ExactPixelStore
+from anomaly_zoo.metrics.pixel_store import PixelStore
+from anomaly_zoo.metrics.pixel_streaming import StreamingPixelStore
+from anomaly_zoo.metrics.pro import aupro, aupro_error_bound, pro_curve_points
+from anomaly_zoo.metrics.samples import ListStateMetric
+from anomaly_zoo.metrics.validation import check_pixel_batch
 
-__all__ = ["DEFAULT_NUM_BINS", "PixelMetrics", "PixelAUROC", "PixelAP", "PixelF1Max", "AUPRO"]
+__all__ = ["DEFAULT_NUM_BINS", "PIXEL_STORES", "PixelMetrics", "PixelAUROC", "PixelAP", "PixelF1Max", "AUPRO"]
 
 DEFAULT_NUM_BINS = 2**16
 PixelMode = Literal["exact", "streaming"]
-# Fixed-point PRO sums stay below 2**63 for fewer regions than this.
-_MAX_REGIONS = 2**62 // PRO_WEIGHT_SCALE
+#: ``mode`` name -> the store that keeps the pixels in that mode (one class per mode, one interface).
+PIXEL_STORES: dict[str, type[PixelStore]] = {store.mode: store for store in (ExactPixelStore, StreamingPixelStore)}
 
 
 class PixelMetrics(ListStateMetric):
     """All pixel-level metrics at once.
 
     Args:
-        mode: ``"exact"`` or ``"streaming"`` (see the module docstring).
+        mode: ``"exact"`` or ``"streaming"`` (see the module docstring): picks the :class:`PixelStore`
+            (``.store``) that keeps the pixels; everything from the ranked counts on is shared.
         fpr_limit: AUPRO integration limit; the area is divided by it.
         num_bins: histogram size in streaming mode.
         with_pro: compute connected components and AUPRO (off for AUROC/AP/F1-only metrics: faster).
@@ -91,7 +90,7 @@ class PixelMetrics(ListStateMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if mode not in ("exact", "streaming"):
+        if mode not in PIXEL_STORES:
             raise ValueError(f"mode must be 'exact' or 'streaming', got {mode!r}")
         if not 0.0 < fpr_limit <= 1.0:
             raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
@@ -101,159 +100,20 @@ class PixelMetrics(ListStateMetric):
         self.fpr_limit = float(fpr_limit)
         self.num_bins = int(num_bins)
         self.with_pro = with_pro
-        if mode == "exact":
-            self.add_list_state("maps", torch.float32)
-            self.add_list_state("masks", torch.uint8)
-            self.add_list_state("shapes", torch.int64, (2,))
-            self.add_list_state("index", torch.int64)
-        else:
-            rows = 3 if with_pro else 2  # normal count, defect count, PRO weight (fixed point)
-            # No reduction: ranks may sit on different grids; compute() moves them to a common one.
-            self.add_state("hist", torch.zeros(rows, self.num_bins, dtype=torch.int64), dist_reduce_fx=None)
-            self.add_state("tmin", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx=None)
-            self.add_state("tmax", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx=None)
-            self.add_state("grid_k", torch.tensor(0, dtype=torch.int64), dist_reduce_fx=None)
-            self.add_state("grid_j0", torch.tensor(0, dtype=torch.int64), dist_reduce_fx=None)
-            self.add_state("initialized", torch.tensor(0, dtype=torch.int64), dist_reduce_fx=None)
+        self.store = PIXEL_STORES[mode](self, with_pro, self.num_bins)
         self.add_state("n_regions", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("n_images", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
 
-    # ------------------------------------------------------------------ update
     def update(self, anomaly_map: Tensor, mask: Tensor, index: Tensor | None = None) -> None:
         batch = check_pixel_batch(anomaly_map, mask)
         if batch.maps.numel() == 0:
             return
         self.n_images += batch.maps.shape[0]
-        if self.mode == "exact":
-            self._update_exact(batch.maps, batch.masks, index)
-        else:
-            self._update_streaming(batch)
+        self.store.update(batch, index)
 
-    def _update_exact(self, maps: Tensor, masks: Tensor, index: Tensor | None) -> None:
-        n, h, w = maps.shape
-        if index is None:
-            idx = torch.full((n,), -1, dtype=torch.int64, device=maps.device)
-        else:
-            idx = torch.as_tensor(index, device=maps.device).reshape(-1).to(torch.int64)
-            if idx.numel() != n:
-                raise ValueError(f"index has {idx.numel()} entries but the batch has {n} maps")
-        self.maps.append(maps.reshape(-1))
-        self.masks.append(masks.reshape(-1))
-        self.shapes.append(torch.tensor([[h, w]], dtype=torch.int64, device=maps.device).expand(n, 2).clone())
-        self.index.append(idx)
-
-    def _cover(self, lo: float, hi: float) -> Grid:
-        """Make the histogram grid cover [lo, hi], merging bins if the range grows."""
-        if int(self.initialized) == 0:
-            grid = canonical_grid(lo, hi, self.num_bins)
-            tmin, tmax = lo, hi
-            self.initialized.fill_(1)
-        else:
-            old = Grid(int(self.grid_k), int(self.grid_j0))
-            tmin, tmax = min(float(self.tmin), lo), max(float(self.tmax), hi)
-            grid = canonical_grid(tmin, tmax, self.num_bins)
-            if grid != old:
-                self.hist = rebin(self.hist, old, grid)
-        self.tmin.fill_(tmin)
-        self.tmax.fill_(tmax)
-        self.grid_k.fill_(grid.k)
-        self.grid_j0.fill_(grid.j0)
-        return grid
-
-    def _update_streaming(self, batch: PixelBatch) -> None:
-        grid = self._cover(batch.lo, batch.hi)
-        b = self.num_bins
-        # One bincount for both classes: defect pixels land in bins b .. 2b-1.
-        idx = bin_index(batch.maps, grid, offset=batch.masks, offset_scale=b)
-        counts = torch.bincount(idx.view(-1), minlength=2 * b)
-        self.hist[:2] += counts.view(2, b)
-        if self.with_pro:
-            bins, weights, n_regions = defect_pixels(idx, batch.masks, fixed_point=True)
-            if n_regions:
-                if int(self.n_regions) + n_regions >= _MAX_REGIONS:
-                    raise OverflowError(f"more than {_MAX_REGIONS} defect regions: use mode='exact'")
-                self.hist[2].index_add_(0, bins.long() - b, weights)
-                self.n_regions += n_regions
-
-    # ----------------------------------------------------------------- compute
     def ranked(self) -> RankedCounts:
         """Ranked counts of the current (local, or synced inside ``compute``) states."""
-        return self._ranked_exact() if self.mode == "exact" else self._ranked_streaming()
-
-    def _ranked_exact(self) -> RankedCounts:
-        maps = cat_state(self.maps, torch.float32)
-        masks = cat_state(self.masks, torch.uint8)
-        shapes = cat_state(self.shapes, torch.int64, (2,))
-        index = cat_state(self.index, torch.int64)
-        sizes = shapes.prod(1)
-        keep = unique_sample_order(index, agree=[("image sizes", shapes, 0.0)])
-        if keep.numel() != index.numel() or bool(
-            (keep != torch.arange(keep.numel(), device=keep.device)).any()
-        ):
-            # Canonical order (by dataset index) makes float64 PRO sums identical however samples were split.
-            starts = (torch.cumsum(sizes, 0) - sizes).tolist()
-            lengths = sizes.tolist()
-            order = keep.tolist()
-            maps = torch.cat([maps[starts[i] : starts[i] + lengths[i]] for i in order])
-            masks = torch.cat([masks[starts[i] : starts[i] + lengths[i]] for i in order])
-            shapes, sizes = shapes[keep], sizes[keep]
-        if not self.with_pro:
-            return rank_ties(maps, maps[masks.bool()])
-        starts = torch.cumsum(sizes, 0) - sizes
-        scores, weights, n_regions = [], [], 0
-        for h, w in torch.unique(shapes, dim=0).tolist():
-            same = ((shapes[:, 0] == h) & (shapes[:, 1] == w)).nonzero().squeeze(1)
-            if same.numel() == shapes.shape[0]:
-                group_maps, group_masks = maps.view(-1, h, w), masks.view(-1, h, w)
-            else:
-                group_maps = torch.stack([maps[s : s + h * w].view(h, w) for s in starts[same].tolist()])
-                group_masks = torch.stack([masks[s : s + h * w].view(h, w) for s in starts[same].tolist()])
-            s, wt, r = defect_pixels(group_maps, group_masks)
-            scores.append(s)
-            weights.append(wt)
-            n_regions += r
-        if not scores:  # no image at all
-            return rank_ties(maps, maps.new_zeros(0), maps.new_zeros(0, dtype=torch.float64), 0)
-        return rank_ties(maps, torch.cat(scores), torch.cat(weights), n_regions)
-
-    def _merged_histogram(self) -> tuple[Tensor, Grid] | None:
-        hist, init = self.hist, self.initialized
-        if hist.dim() == 2:  # local state
-            if int(init) == 0:
-                return None
-            return hist, Grid(int(self.grid_k), int(self.grid_j0))
-        # Synced: states are stacked over ranks; bring every rank to the grid of the global range.
-        ranks = [r for r in range(hist.shape[0]) if int(init[r]) == 1]
-        if not ranks:
-            return None
-        grid = canonical_grid(
-            min(float(self.tmin[r]) for r in ranks), max(float(self.tmax[r]) for r in ranks), self.num_bins
-        )
-        merged = torch.zeros_like(hist[0])
-        for r in ranks:
-            merged += rebin(hist[r], Grid(int(self.grid_k[r]), int(self.grid_j0[r])), grid)
-        return merged, grid
-
-    def _ranked_streaming(self) -> RankedCounts:
-        merged = self._merged_histogram()
-        pro_row = self.with_pro
-        if merged is None:
-            empty = torch.zeros(0, dtype=torch.int64, device=self.device)
-            return RankedCounts(
-                empty.double(), empty, empty, empty if pro_row else None, PRO_WEIGHT_SCALE, 0, False
-            )
-        hist, grid = merged
-        used = (hist[0] + hist[1]) > 0  # an empty bin is no operating point
-        edges = lower_edges(grid, self.num_bins, hist.device)
-        return RankedCounts(
-            thresholds=edges[used].flip(0),
-            neg=hist[0][used].flip(0),
-            pos=hist[1][used].flip(0),
-            pro=hist[2][used].flip(0) if pro_row else None,
-            pro_scale=float(PRO_WEIGHT_SCALE),
-            n_regions=int(self.n_regions),
-            exact=False,
-        )
+        return self.store.ranked()
 
     def _values(self, counts: RankedCounts) -> dict[str, float]:
         f1, threshold = f1_max(counts, "pixel F1-max")

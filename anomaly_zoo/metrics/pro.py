@@ -24,7 +24,6 @@ from anomaly_zoo.metrics.validation import check_pixel_inputs, warn_undefined
 
 __all__ = [
     "PRO_WEIGHT_SCALE",
-    "label_regions",
     "pro_curve_points",
     "aupro",
     "aupro_error_bound",
@@ -36,35 +35,6 @@ __all__ = [
 # Streaming mode stores PRO weights 1/|region| as int64 fixed point: exact, order-independent sums
 # (identical results under DDP), at most |region| * 2**-41 relative error per region.
 PRO_WEIGHT_SCALE = 2**40
-
-
-def _label_tall(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """cv2 8-connected labelling of a whole batch (n, h, w) uint8 in one call: returns labels of the
-    (n, h + 1, w) stack and region sizes (index 0 = background)."""
-    n, h, w = masks.shape
-    # One tall image with a zero row under each mask: one OpenCV call for the batch, and no region can
-    # cross from one image into the next.
-    tall = np.zeros((n, h + 1, w), dtype=np.uint8)
-    tall[:, :h] = masks
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(
-        tall.reshape(n * (h + 1), w), connectivity=8, ltype=cv2.CV_32S
-    )
-    return labels.reshape(n, h + 1, w), stats[:, cv2.CC_STAT_AREA].astype(np.int64)
-
-
-def label_regions(masks: Tensor) -> tuple[Tensor, Tensor]:
-    """8-connected components of each binary mask in a batch.
-
-    Args:
-        masks: uint8 0/1 tensor (N, H, W), any device.
-
-    Returns:
-        ``(labels, sizes)`` on CPU: int32 (N, H, W) with 0 = background and regions numbered 1..R across
-        the batch, and int64 (R + 1,) region pixel counts (``sizes[0]`` is not meaningful).
-    """
-    h = masks.shape[1]
-    labels, sizes = _label_tall(masks.cpu().numpy())
-    return torch.from_numpy(np.ascontiguousarray(labels[:, :h])), torch.from_numpy(sizes)
 
 
 def defect_pixels(values: Tensor, masks: Tensor, fixed_point: bool = False) -> tuple[Tensor, Tensor, int]:

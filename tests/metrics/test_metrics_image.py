@@ -9,7 +9,8 @@ import torch
 
 from anomaly_zoo.metrics import ImageAP, ImageAUROC, ImageF1Max, ImageMetrics, MetricUndefinedWarning
 from anomaly_zoo.metrics.curves import rank_ties, trapezoid
-from anomaly_zoo.metrics.reference import (
+
+from .reference import (
     reference_auroc,
     reference_average_precision,
     reference_f1_max,

@@ -17,16 +17,16 @@ from anomaly_zoo.metrics import (
     aupro_score,
     pro_curve,
 )
-from anomaly_zoo.metrics.pro import label_regions
-from anomaly_zoo.metrics.reference import (
+from anomaly_zoo.metrics.pro import defect_pixels
+
+from .metrics_testdata import batches, synthetic_set
+from .reference import (
     reference_aupro,
     reference_auroc,
     reference_average_precision,
     reference_f1_max,
     reference_pro_curve,
 )
-
-from .metrics_testdata import batches, synthetic_set
 
 # 2 x 4 image, two regions: A = {(0,0), (0,1)} and B = {(1,3)}; five normal pixels.
 HAND_MASK = torch.tensor([[[1, 1, 0, 0], [0, 0, 0, 1]]], dtype=torch.uint8)
@@ -71,24 +71,27 @@ def test_regions_are_8_connected():
     amap[0, 0, 0] = 1.0  # only (0,0) is found at the top threshold
     fpr, pro = pro_curve(amap, mask)
     assert float(pro[1]) == pytest.approx(0.25)  # (1/2 + 0) / 2 regions; 4-connectivity would give 1/3
-    labels, sizes = label_regions(mask)
-    assert sizes[1:].tolist() == [2, 1] and int(labels.max()) == 2
+    _, weights, n_regions = defect_pixels(amap, mask)
+    assert n_regions == 2 and weights.tolist() == [0.5, 0.5, 1.0]  # 1/|region| per defect pixel
 
 
-def test_labelling_equals_scipy_reference():
+def test_region_weights_equal_scipy_labelling():
+    """The labelling AUPRO uses (``defect_pixels``, OpenCV on cropped bands) against ``scipy.ndimage.label``."""
     rng = np.random.default_rng(0)
     masks = (rng.random((6, 30, 33)) < 0.35).astype(np.uint8)
-    labels, sizes = label_regions(torch.from_numpy(masks))
-    offset = 0
-    for i, mask in enumerate(masks):
+    masks[2] = 0  # an image without defects
+    masks[4, :5] = 1  # a region touching the top border (the crop starts at row 0)
+    scores = torch.from_numpy(rng.random(masks.shape))
+    values, weights, n_regions = defect_pixels(scores, torch.from_numpy(masks))
+    expected, total = [], 0
+    for mask in masks:
         ref, n = ndimage.label(mask, np.ones((3, 3), dtype=int))
-        mine = labels[i].numpy()
-        assert (mine > 0).sum() == (ref > 0).sum()
-        # same partition: a bijection between label ids
-        pairs = set(zip(ref[ref > 0].tolist(), mine[mine > 0].tolist()))
-        assert len(pairs) == n == len({p[1] for p in pairs})
-        offset += n
-    assert len(sizes) - 1 == offset
+        sizes = np.bincount(ref.ravel())
+        expected.append(1.0 / sizes[ref[ref > 0]])  # row-major, image-major like defect_pixels
+        total += n
+    assert n_regions == total
+    np.testing.assert_allclose(weights.numpy(), np.concatenate(expected), rtol=1e-15)
+    np.testing.assert_array_equal(values.numpy(), scores.numpy()[masks.astype(bool)])
 
 
 @pytest.mark.parametrize("quantum", [None, 0.5])

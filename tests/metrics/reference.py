@@ -1,4 +1,4 @@
-"""Plain numpy reference implementations, used to test the metrics and as the benchmark baseline.
+"""Plain numpy reference implementations, used to test the metrics and as the benchmark baseline (test-only).
 
 ``reference_pro_curve`` / ``reference_trapezoid`` follow the MVTec AD evaluation code step by step
 (``pro_curve_util.compute_pro`` and ``generic_util.trapezoid``): 8-connected components with
