@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 from pathlib import Path
@@ -55,12 +56,31 @@ def test_neighbor_mask_rejects_even_window():
         neighbor_mask(14, 14, 6)
 
 
+@pytest.mark.parametrize("h,w,largest", [(14, 14, 13), (4, 4, 3), (4, 9, 7), (3, 3, 1), (1, 6, 5)])
+def test_neighbor_size_must_leave_every_query_a_key(h, w, largest):
+    # the largest window leaves every query at least one key (hand-worked: radius < max(h//2, w//2))
+    assert not neighbor_mask(h, w, largest).all(dim=1).any()
+    with pytest.raises(ValueError, match=rf"neighbor_size {largest + 2} masks the whole {h}x{w} token grid.*<= {largest}"):
+        neighbor_mask(h, w, largest + 2)
+    with pytest.raises(ValueError, match="masks the whole 6x6"):
+        UniADModel(**{**TINY, "neighbor_size": 7})  # the tiny model's 6x6 grid
+
+
+def attention_probs(attn: NeighborMaskedAttention, query, key, allowed=None) -> torch.Tensor:
+    """The (B, heads, N, M) softmax probabilities written out explicitly (the module uses the fused kernel)."""
+    q, k, _ = attn._project(query, key, key)
+    logits = q @ k.transpose(-2, -1) / math.sqrt(attn.head_dim)
+    if allowed is not None:
+        logits = logits + allowed if allowed.is_floating_point() else logits.masked_fill(~allowed, float("-inf"))
+    return logits.softmax(dim=-1)
+
+
 def test_masked_keys_get_exactly_zero_probability_and_do_not_influence_output():
     torch.manual_seed(0)
     attn = NeighborMaskedAttention(32, 4).eval()
     allowed = ~neighbor_mask(6, 6, 3)
     x = torch.randn(2, 36, 32)
-    probs = attn.attention_probs(x, x, allowed)
+    probs = attention_probs(attn, x, x, allowed)
     assert (probs.masked_select(~allowed.expand_as(probs)) == 0).all()
     assert torch.allclose(probs.sum(-1), torch.ones(2, 4, 36))
     out = attn(x, x, x, allowed)
@@ -76,7 +96,7 @@ def test_masked_keys_get_exactly_zero_probability_and_do_not_influence_output():
     value[:, blocked_keys] += 1000.0
     bias = additive_mask(~allowed)  # the cached form the model passes
     assert torch.allclose(attn(x, x, x, bias), out, atol=1e-6)
-    assert torch.equal(attn.attention_probs(x, x, bias) == 0, probs == 0)
+    assert torch.equal(attention_probs(attn, x, x, bias) == 0, probs == 0)
     for mask in (allowed, bias):
         out2 = attn(x, x, value, mask)
         assert torch.allclose(out2[:, q], out[:, q], atol=1e-4)
@@ -86,7 +106,7 @@ def test_masked_keys_get_exactly_zero_probability_and_do_not_influence_output():
 # ---- transformer wiring ----------------------------------------------------------------------------
 def _reference_forward(model: ReconstructionTransformer, tokens: torch.Tensor) -> torch.Tensor:
     """The spec's equations, written independently with torch.nn.MultiheadAttention (seq-first, −inf masks)."""
-    mask = torch.zeros(model.allowed.shape).masked_fill(~model.allowed, float("-inf"))
+    mask = model.attn_bias  # checked against the window counts in the neighbour-mask tests above
 
     def mha(attn: NeighborMaskedAttention, q, k, v):
         ref = nn.MultiheadAttention(attn.dim, attn.num_heads)
@@ -175,8 +195,8 @@ def test_each_decoder_layer_has_its_own_query_table():
 
 def test_masks_and_position_tables_are_cached_buffers():
     model = ReconstructionTransformer(20, (14, 14))
-    assert model.allowed.shape == (196, 196) and (~model.allowed).sum(1).max() == 49
-    assert "allowed" not in model.state_dict() and "attn_bias" not in model.state_dict()  # derived, not saved
+    assert model.attn_bias.shape == (196, 196) and (model.attn_bias == float("-inf")).sum(1).max() == 49
+    assert "attn_bias" not in model.state_dict()  # derived, not saved
     pos = model.pos_embed()
     col, row = model.pos_embed.col_embed.weight, model.pos_embed.row_embed.weight
     h, w = 3, 11
@@ -187,7 +207,7 @@ def test_masks_and_position_tables_are_cached_buffers():
     partial = ReconstructionTransformer(20, (4, 4), neighbor_size=3, mask_attentions=(False, True, False))
     enc, dec1, dec2 = partial.masks()
     assert enc is None and dec2 is None and dec1 is partial.attn_bias
-    assert torch.equal(partial.attn_bias == float("-inf"), ~partial.allowed) and partial.attn_bias.max() == 0
+    assert torch.equal(partial.attn_bias == float("-inf"), neighbor_mask(4, 4, 3)) and partial.attn_bias.max() == 0
 
 
 def test_parameter_count_of_the_paper_transformer():
@@ -357,7 +377,7 @@ devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 @pytest.mark.parametrize("device", devices)
 def test_runs_on_the_inputs_device(device):
     model = tiny_model().to(device)
-    assert model.reconstruction.allowed.device.type == device
+    assert model.reconstruction.attn_bias.device.type == device
     images = torch.randn(2, 3, 48, 48, device=device)
     model.train()
     loss = model(images)["loss"]

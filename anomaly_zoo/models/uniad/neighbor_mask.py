@@ -16,6 +16,15 @@ def neighbor_mask(height: int, width: int, neighbor_size: int = 7, device: torch
     if neighbor_size < 1 or neighbor_size % 2 == 0:
         raise ValueError(f"neighbor_size must be a positive odd number, got {neighbor_size}.")
     radius = neighbor_size // 2
+    # The most central token is blocked from every key once the window reaches all four borders from it;
+    # a fully blocked query row would make attention output zeros (or NaN) without any error.
+    if radius >= height // 2 and radius >= width // 2:
+        largest = 2 * max(height // 2, width // 2) - 1
+        raise ValueError(
+            f"neighbor_size {neighbor_size} masks the whole {height}x{width} token grid (the central token could "
+            f"attend nothing): use neighbor_size <= {largest}, a larger image_size/feature_size, or "
+            "neighbor_size null for no mask."
+        )
     rows = torch.arange(height, device=device).repeat_interleave(width)  # h of token t
     cols = torch.arange(width, device=device).repeat(height)  # w of token t
     near_rows = (rows[:, None] - rows[None, :]).abs() <= radius

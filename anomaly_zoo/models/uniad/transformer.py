@@ -10,8 +10,6 @@ output, not the queries); ``convert.py`` holds the one-to-one mapping.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -97,16 +95,6 @@ class NeighborMaskedAttention(nn.Module):
         )
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, self.dim))
-
-    def attention_probs(
-        self, query: torch.Tensor, key: torch.Tensor, allowed: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The (B, heads, N, M) softmax probabilities, computed explicitly (for inspection and tests)."""
-        q, k, _ = self._project(query, key, key)
-        logits = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
-        if allowed is not None:
-            logits = logits + allowed if allowed.is_floating_point() else logits.masked_fill(~allowed, float("-inf"))
-        return logits.softmax(dim=-1)
 
 
 class FeedForward(nn.Module):
@@ -220,10 +208,9 @@ class ReconstructionTransformer(nn.Module):
             DecoderLayer(h * w, hidden_dim, num_heads, dim_feedforward, dropout) for _ in range(num_decoder_layers)
         )
         self.decoder_norm = nn.LayerNorm(hidden_dim)
-        # Cached once (``allowed``: True = may attend; ``attn_bias``: the same as 0/−inf, what the attentions use).
-        # Not saved in checkpoints: a pure function of the options.
+        # Cached once as the additive 0/−inf bias the attentions use. Not saved in checkpoints: a pure
+        # function of the options.
         blocked = None if neighbor_size is None else neighbor_mask(h, w, neighbor_size)
-        self.register_buffer("allowed", None if blocked is None else ~blocked, persistent=False)
         self.register_buffer("attn_bias", None if blocked is None else additive_mask(blocked), persistent=False)
         for linear in (self.input_proj, self.output_proj, *[m for m in self.modules() if isinstance(m, FeedForward)]):
             for sub in linear.modules():
