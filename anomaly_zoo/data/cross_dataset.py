@@ -46,12 +46,18 @@ class CrossDataset(AnomalyDataModule):
             unsupervised setting) or ``"test"`` (its labelled normal + anomalous test images, with masks;
             the zero-shot setting of MoECLIP, trained on VisA's test split). Validation uses the
             ``val`` split of ``train_data`` when it has one.
+        allow_seen_categories: a zero-shot run refuses test categories that also appear in training; ``true``
+            allows them (then it is no longer zero-shot).
     """
 
     DATASET_NAME = "cross-dataset"
 
     def __init__(
-        self, train_data: AnomalyDataModule, test_data: AnomalyDataModule, train_split: str = "train"
+        self,
+        train_data: AnomalyDataModule,
+        test_data: AnomalyDataModule,
+        train_split: str = "train",
+        allow_seen_categories: bool = False,
     ) -> None:
         for option, module in (("train_data", train_data), ("test_data", test_data)):
             if not isinstance(module, AnomalyDataModule):
@@ -79,6 +85,7 @@ class CrossDataset(AnomalyDataModule):
         self.train_data = train_data
         self.test_data = test_data
         self.train_split = train_split
+        self.allow_seen_categories = allow_seen_categories
         self.train_categories: list[str] = []
         self.categories: list[str] = []
 
@@ -104,6 +111,12 @@ class CrossDataset(AnomalyDataModule):
             self.test_data.setup("test")
             self.test_dataset = self.test_data.test_dataset
             self.categories = self.test_data.categories
+        seen = [c for c in self.categories if c in set(self.train_categories)]
+        if seen and not self.allow_seen_categories:
+            raise DatasetError(
+                f"Test categories {seen} also appear in training (`train_data`): not a zero-shot test. "
+                "Choose other categories, or set `allow_seen_categories: true`."
+            )
 
     # ---- loaders: each side's own batch size and workers ---------------------------------------
     def train_dataloader(self) -> DataLoader:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import albumentations as A
+import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 from PIL import Image
@@ -22,9 +23,28 @@ AUGMENTATIONS = {
     "vflip": lambda: A.VerticalFlip(p=0.5),
     "rot90": lambda: A.RandomRotate90(p=0.5),
     "color_jitter": lambda: A.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.0, p=0.5),
+    "moeclip": lambda: moeclip_joint_augmentation(),
 }
 
 ImageSize = int | tuple[int, int] | None
+
+
+def moeclip_joint_augmentation() -> A.BasicTransform:
+    """MoECLIP's joint image+mask augmentation (authors' ``dataset/__init__.py``): rotation ±30° (p 0.5),
+    translation ±15 % per axis (p 0.5), horizontal and vertical flips (p 0.5 each); nearest interpolation.
+
+    The authors transform the CLIP-normalised tensor with torchvision's defaults, so uncovered pixels become 0
+    in normalised space, i.e. the CLIP mean colour here (this runs before ``Normalize``); masks get 0.
+    """
+    mean_colour = tuple(255.0 * c for c in CLIP_MEAN)
+    border = {"interpolation": cv2.INTER_NEAREST, "mask_interpolation": cv2.INTER_NEAREST,
+              "border_mode": cv2.BORDER_CONSTANT, "fill": mean_colour, "fill_mask": 0}
+    return A.Sequential([
+        A.Rotate(limit=30, p=0.5, **border),
+        A.Affine(translate_percent={"x": (-0.15, 0.15), "y": (-0.15, 0.15)}, p=0.5, **border),
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
+    ], p=1.0)
 
 
 def as_hw(image_size: ImageSize) -> tuple[int, int] | None:

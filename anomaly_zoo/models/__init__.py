@@ -2,6 +2,7 @@
 
 from anomaly_zoo.models.base import AnomalyModule
 from anomaly_zoo.models.feature_distance import FeatureDistance
+from anomaly_zoo.models.moeclip import MoECLIP
 from anomaly_zoo.models.uniad import UniAD
 
-__all__ = ["AnomalyModule", "FeatureDistance", "UniAD"]
+__all__ = ["AnomalyModule", "FeatureDistance", "MoECLIP", "UniAD"]
