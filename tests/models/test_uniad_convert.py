@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import sys
 import types
+import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -231,14 +233,15 @@ def test_official_checkpoint_option_loads_the_authors_file_offline(official, tmp
     try:
         path = tmp_path / "ckpt.pth.tar"
         torch.save({"epoch": 1000, "arch": [EasyDict(name="backbone", kwargs=EasyDict(outlayers=[1, 2, 3, 4]))],
-                    "state_dict": official, "best_metric": 0.97}, path)
+                    "state_dict": official, "best_metric": np.float64(0.97)}, path)
     finally:
         del sys.modules["easydict"]
-    with pytest.warns(UserWarning, match="trust"):
+    # Loaded safely (weights_only, EasyDict and numpy scalars on the allow-list): no warning, no full unpickling.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         assert len(load_official_file(path)) == len(official)
     # pretrained=True needs no network: the file carries the backbone weights.
-    with pytest.warns(UserWarning, match="trust"):
-        module = UniAD(backbone="tf_efficientnet_b4", official_checkpoint=str(path), pretrained=True)
+    module = UniAD(backbone="tf_efficientnet_b4", official_checkpoint=str(path), pretrained=True)
     assert torch.equal(module.model.state_dict()["reconstruction.input_proj.weight"],
                        official["module.reconstruction.input_proj.weight"])
     assert module.hparams.official_checkpoint == str(path)

@@ -12,15 +12,21 @@ model and loads it.
 
 from __future__ import annotations
 
-import pickle
 import re
 import sys
-import types
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+
+from anomaly_zoo.models.components.checkpoint import (
+    EASYDICT,
+    NUMPY_SCALARS,
+    CheckpointError,
+    load_checkpoint,
+    state_dict_of,
+)
 
 RECONSTRUCTION_ROOTS = ("pos_embed.", "input_proj.", "output_proj.", "transformer.")
 
@@ -67,57 +73,29 @@ _BLOCK_DEPTHWISE = {  # expand ratio 1 → timm DepthwiseSeparableConv
 _BACKBONE_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 
 
-class OfficialCheckpointError(ValueError):
+class OfficialCheckpointError(CheckpointError):
     """The authors' checkpoint does not fit (unknown or missing tensors, inconsistent shapes)."""
 
 
 # ---- file ------------------------------------------------------------------------------------------------
-class _Stub(dict):
-    """Stand-in for classes of the authors' environment (``easydict.EasyDict`` in the saved config)."""
-
-    def __setstate__(self, state):  # EasyDict pickles its attribute dict too
-        if isinstance(state, dict):
-            self.update(state)
-
-
-class _LenientUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        try:
-            return super().find_class(module, name)
-        except (ImportError, AttributeError):
-            return _Stub
-
-
-_lenient_pickle = types.ModuleType("_uniad_lenient_pickle")
-_lenient_pickle.Unpickler = _LenientUnpickler  # type: ignore[attr-defined]
-_lenient_pickle.load = pickle.load  # type: ignore[attr-defined]
-_lenient_pickle.__dict__["__name__"] = "pickle"
+#: What the authors' ``ckpt.pth.tar`` pickles besides tensors: their config (``easydict.EasyDict``, read as a
+#: plain OrderedDict so easydict need not be installed) and ``best_metric`` (a numpy float). Nothing else.
+OFFICIAL_ALLOWED_GLOBALS = {**EASYDICT, **NUMPY_SCALARS}
 
 
 def load_official_file(path: str | Path) -> dict[str, torch.Tensor]:
     """The model state dict inside the authors' ``ckpt.pth.tar`` (or a bare state dict file).
 
-    Loaded with ``weights_only=True`` when possible. The authors' files also pickle their config (EasyDict
-    objects), which the safe loader refuses; then the file is unpickled fully (only do this with files you
-    trust) with unknown classes replaced by plain dicts, so ``easydict`` need not be installed.
+    Always loaded with ``weights_only=True``: besides tensors only the types in ``OFFICIAL_ALLOWED_GLOBALS``
+    are accepted; a file that needs anything else is refused with an error naming those objects (no
+    fallback to full unpickling, which could run code from the file).
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"UniAD official checkpoint '{path}' does not exist (check `official_checkpoint`).")
+    option, what = "--model.init_args.official_checkpoint", "UniAD official checkpoint"
+    obj = load_checkpoint(path, option=option, what=what, allowed=OFFICIAL_ALLOWED_GLOBALS)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        warnings.warn(
-            f"'{path}' holds more than tensors (the authors' checkpoints pickle their config); loading it with "
-            "full unpickling — only do this with files you trust.",
-            stacklevel=2,
-        )
-        obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_lenient_pickle)
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise OfficialCheckpointError(f"'{path}' is not a UniAD checkpoint: no state dict of tensors found.")
-    return dict(obj)
+        return state_dict_of(obj, path, option=option, what=what, keys=("state_dict",))
+    except CheckpointError as err:
+        raise OfficialCheckpointError(f"{err} It is not a UniAD checkpoint.") from None
 
 
 # ---- mapping ---------------------------------------------------------------------------------------------
