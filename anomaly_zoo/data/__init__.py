@@ -1,6 +1,7 @@
 """Importing this package registers every DataModule in ``anomaly_zoo.registry.DATAMODULES``."""
 
 from anomaly_zoo.data import btad, cifar10, cross_dataset, folder, mpdd, mvtec_ad, mvtec_loco, synthetic, visa  # noqa: F401
+from anomaly_zoo.data import multi_dataset  # noqa: F401
 from anomaly_zoo.data.base import AnomalyDataModule
 from anomaly_zoo.data.dataset import AnomalyDataset, Sample
 from anomaly_zoo.data.errors import DatasetError
