@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: install  ## train + test a small UniAD on the built-in synthetic data, print the metrics table
-	$(VENV)/bin/anomaly-zoo fit --config configs/demo/uniad.yaml --test_after_fit true
+demo: install  ## train + test every model's demo config on the synthetic data, one side-by-side table (MODEL=uniad: one)
+	$(PY) -m benchmarks.suite.demo $(if $(MODEL),--model $(MODEL))
 
 test: install  ## the test suite (slow end-to-end runs excluded; `make test-all` includes them)
 	$(PY) -m pytest -q -m "not slow"
@@ -30,8 +30,8 @@ test-all: install
 lint: install
 	$(VENV)/bin/ruff check anomaly_zoo tests benchmarks
 
-benchmark: install  ## speed/memory ratios and the results tables
-	$(PY) benchmarks/run.py
+benchmark: install  ## the suite of benchmarks/suite.yaml -> benchmarks/results/ (ONLY='synthetic/*', FORCE=1)
+	$(PY) -m benchmarks $(if $(ONLY),--only '$(ONLY)') $(if $(FORCE),--force)
 
 clean:
 	rm -rf results lightning_logs .pytest_cache .ruff_cache

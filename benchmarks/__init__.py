@@ -1,0 +1,1 @@
+"""Benchmarks: the model suite (``python -m benchmarks``, ``make benchmark``) and the micro-benchmarks (``bench_*.py``)."""
