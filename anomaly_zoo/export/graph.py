@@ -1,0 +1,65 @@
+"""The module that gets exported: images in, (anomaly_map, pred_score) out, in the unit ``predict`` reports."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+from torch import nn
+
+from anomaly_zoo.models.components.preprocessing import describe_preprocessing
+
+__all__ = ["InferenceGraph", "export_metadata"]
+
+
+class InferenceGraph(nn.Module):
+    """``forward(images (N,3,H,W) float32, preprocessed) -> (anomaly_map (N,1,H',W'), pred_score (N,))``.
+
+    Wraps an :class:`~anomaly_zoo.models.base.AnomalyModule`'s ``predict_anomaly`` (any model, present or
+    future); when the checkpoint's thresholds say ``normalize``, the [0, 1] mapping (0.5 = threshold) is
+    applied inside the graph, so an exported model reports exactly what ``predict`` reports.
+    """
+
+    def __init__(self, model: nn.Module, normalize: bool | None = None) -> None:
+        super().__init__()
+        self.model = model.eval()
+        thresholds = getattr(model, "thresholds", None)
+        self.normalize = bool(thresholds is not None and thresholds.normalize) if normalize is None else normalize
+        if self.normalize and thresholds is None:
+            raise ValueError("normalize=True needs calibrated thresholds in the checkpoint (fit stores them).")
+        self.thresholds = thresholds
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        output = self.model.predict_anomaly(images)
+        anomaly_map, pred_score = output["anomaly_map"].float(), output["pred_score"].float()
+        if self.normalize:
+            anomaly_map = self.thresholds.normalized_map(anomaly_map)
+            pred_score = self.thresholds.normalized_image(pred_score)
+        return anomaly_map, pred_score
+
+
+def export_metadata(model: nn.Module, graph: InferenceGraph, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """What a runtime needs beside the graph: input format, outputs, thresholds in the outputs' unit."""
+    thresholds = getattr(model, "thresholds", None)
+    preprocessing = getattr(model, "preprocessing", None)
+    decision = None
+    if thresholds is not None:
+        decision = {"image": 0.5 if graph.normalize else thresholds.image,
+                    "pixel": 0.5 if graph.normalize else thresholds.pixel,
+                    "rule": "anomalous when pred_score >= image; defect pixel when anomaly_map >= pixel"}
+    return {
+        "producer": "anomaly-zoo",
+        "model": getattr(type(model), "registry_name", type(model).__name__),
+        "input": {"name": "images", "shape": ["N", *input_shape[1:]], "dtype": "float32",
+                  "preprocessing": preprocessing, "description": describe_preprocessing(preprocessing)},
+        "outputs": {"anomaly_map": "float32 (N, 1, H, W), higher = more anomalous",
+                    "pred_score": "float32 (N,), the image score"},
+        "normalized": graph.normalize,
+        "thresholds": decision,
+        "calibration": thresholds.to_dict() if thresholds is not None else None,
+    }
+
+
+def metadata_json(metadata: dict[str, Any]) -> str:
+    return json.dumps(metadata, indent=2, sort_keys=True)
