@@ -258,3 +258,196 @@ def make_loco_with_config(root: Path, **kwargs) -> Path:
             k = int(mask.stem)
             write_mask(mask, box(3 * k), value=LOCO_DEFECT_CONFIG[k % 3][1])
     return root
+
+
+# ---- MVTec AD 2 ------------------------------------------------------------------------------------
+def make_mvtec_ad2(root: Path, categories: tuple[str, ...] = ("can", "vial"), n: int = 2) -> Path:
+    """``train/good``, ``validation/good``, ``test_public/{good,bad,ground_truth/bad/<stem>_mask.png}``,
+    ``test_private/``, ``test_private_mixed/`` with MVTec AD 2 file names (``000_regular.png``)."""
+    for c, category in enumerate(categories):
+        base = root / category
+        for i in range(n):
+            write_image(base / "train" / "good" / f"{i:03d}_regular.png", seed=10 * c + i)
+            write_image(base / "validation" / "good" / f"{i:03d}_regular.png", seed=200 + i)
+            write_image(base / "test_public" / "good" / f"{i:03d}_regular.png", seed=300 + i)
+            write_image(base / "test_public" / "bad" / f"{i:03d}_regular.png", seed=400 + i)
+            write_mask(base / "test_public" / "ground_truth" / "bad" / f"{i:03d}_regular_mask.png", box(i))
+            write_image(base / "test_private" / f"{i:03d}_regular.png", seed=500 + i)
+            write_image(base / "test_private_mixed" / f"{i:03d}_overexposed.png", seed=600 + i)
+    (root / "readme.txt").write_text("MVTec AD 2")
+    return root
+
+
+# ---- MVTec 3D-AD -----------------------------------------------------------------------------------
+def write_xyz(path: Path, size: tuple[int, int] = (SIZE, SIZE), seed: int = 0) -> Path:
+    """A float32 (H, W, 3) point-map TIFF; the first row has no points (zeros), as at the sensor's edge."""
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    xyz = np.random.default_rng(seed).uniform(-1, 1, (*size, 3)).astype(np.float32)
+    xyz[0] = 0.0
+    tifffile.imwrite(path, xyz, photometric="rgb")  # 3 float samples per pixel, as the release
+    return path
+
+
+def make_mvtec_3d(
+    root: Path, categories: tuple[str, ...] = ("bagel",), n: int = 2, defects=("crack",)
+) -> Path:
+    """``<split>/<defect>/{rgb/000.png, xyz/000.tiff, gt/000.png}``; good test images have all-zero gt."""
+    for category in categories:
+        base = root / category
+        folders = [("train", "good"), ("validation", "good"), ("test", "good")] + [
+            ("test", d) for d in defects
+        ]
+        for s, (split, defect) in enumerate(folders):
+            for i in range(n):
+                write_image(base / split / defect / "rgb" / f"{i:03d}.png", seed=100 * s + i)
+                write_xyz(base / split / defect / "xyz" / f"{i:03d}.tiff", seed=100 * s + i)
+                if split == "test":
+                    region = box(i) if defect != "good" else np.zeros((SIZE, SIZE), bool)
+                    write_mask(base / split / defect / "gt" / f"{i:03d}.png", region)
+        (base / "calibration").mkdir(parents=True, exist_ok=True)
+        (base / "calibration" / "camera_parameters.json").write_text("{}")
+    return root
+
+
+# ---- Real-IAD --------------------------------------------------------------------------------------
+def make_real_iad(
+    root: Path, categories: tuple[str, ...] = ("audiojack",), n_samples: int = 2, views: int = 2
+) -> Path:
+    """``realiad_256/<cat>/{OK,NG/AK}/S000k/<cat>_000k_<OK|NG>_C<v>_20230922093032.jpg`` (+ ``.png`` masks for
+    NG), with ``realiad_jsons/realiad_jsons/<cat>.json`` (all views) and ``…_sv/<cat>.json`` (view C1 only).
+    Samples 0, 1 are normal (0 in train, 1 in test), the others NG in test; the last NG view has no mask."""
+    import json
+
+    for category in categories:
+        base = root / "realiad_256" / category
+        multi: dict[str, list] = {"train": [], "test": []}
+        for s in range(n_samples + 1):
+            for v in range(1, views + 1):
+                normal = s < 2
+                kind = "OK" if normal else "NG"
+                rel = f"{kind}/S{s:04d}" if normal else f"NG/AK/S{s:04d}"
+                stem = f"{category}_{s:04d}_{kind}_C{v}_20230922093032"
+                write_image(base / rel / f"{stem}.jpg", seed=10 * s + v)
+                mask = None
+                if not normal and v < views:
+                    mask = f"{rel}/{stem}.png"
+                    write_mask(base / mask, box(s + v))
+                entry = {"category": "AK" if not normal else "OK", "anomaly_class": "AK" if not normal else "OK",
+                         "image_path": f"{rel}/{stem}.jpg", "mask_path": mask}  # fmt: skip
+                multi["train" if s == 0 else "test"].append(entry)
+        for folder, keep in (
+            ("realiad_jsons", lambda e: True),
+            ("realiad_jsons_sv", lambda e: "_C1_" in e["image_path"]),
+        ):
+            doc = {"meta": {"prefix": f"{category}/", "normal_class": "OK"}}
+            doc.update({k: [e for e in v if keep(e)] for k, v in multi.items()})
+            path = root / "realiad_jsons" / folder / f"{category}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(doc))
+    return root
+
+
+# ---- BMAD ------------------------------------------------------------------------------------------
+def make_bmad(root: Path, sets: tuple[str, ...] = ("Brain", "RESC"), n: int = 2) -> Path:
+    """``<set>/{train/good/img, valid|test/{good/img, Ungood/img, Ungood/label}}`` with BMAD names ``00002_60.png``."""
+    for k, name in enumerate(sets):
+        base = root / name
+        for i in range(n + 1):
+            write_image(base / "train" / "good" / "img" / f"{i:05d}_60.png", mode="L", seed=k * 10 + i)
+        for split in ("valid", "test"):
+            for i in range(n):
+                write_image(base / split / "good" / "img" / f"{i:05d}_96.png", mode="L", seed=50 + i)
+                write_image(base / split / "Ungood" / "img" / f"{i:05d}_70.png", mode="L", seed=70 + i)
+                write_mask(base / split / "Ungood" / "label" / f"{i:05d}_70.png", box(i))
+    return root
+
+
+# ---- polyp sets, ISIC, RSDD: images + thresholded masks --------------------------------------------------
+def write_noisy_mask(path: Path, index: int, fmt: str | None = None) -> Path:
+    """A mask with 255 inside ``box(index)`` and faint noise (values 1..60) elsewhere, as JPEG/anti-aliased
+    masks have; ``> 127`` recovers the box, ``> 0`` would not."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = (np.random.default_rng(index).integers(0, 61, (SIZE, SIZE))).astype(np.uint8)
+    array[box(index)] = 255
+    Image.fromarray(array).save(path, format=fmt)
+    return path
+
+
+def make_polyp(root: Path) -> Path:
+    """PraNet copies (``CVC-ColonDB/images/1.png`` + ``masks/1.png``), Kvasir-SEG (``.jpg`` images and masks)
+    and the original CVC-ClinicDB (``Original/1.tif`` + ``Ground Truth/1.tif``)."""
+    for i in (1, 2, 3):
+        write_image(root / "CVC-ColonDB" / "images" / f"{i}.png", seed=i)
+        write_noisy_mask(root / "CVC-ColonDB" / "masks" / f"{i}.png", i)
+        write_image(root / "CVC-ClinicDB" / "Original" / f"{i}.tif", seed=10 + i)
+        write_noisy_mask(root / "CVC-ClinicDB" / "Ground Truth" / f"{i}.tif", i)
+    for i, name in enumerate(("cju0qkwl35piu0993l0dewei2", "cju0qoxqj9q6s0835b43399p4")):
+        path = root / "Kvasir-SEG" / "images" / f"{name}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((SIZE, SIZE, 3), 120, np.uint8)).save(path, format="JPEG")
+        write_noisy_mask(root / "Kvasir-SEG" / "masks" / f"{name}.jpg", i, fmt="PNG")  # values kept exact
+    return root
+
+
+def make_isic(root: Path, n: int = 3) -> Path:
+    """``ISBI2016_ISIC_Part1_Test_Data/ISIC_000000k.jpg`` + ``…_Test_GroundTruth/ISIC_000000k_Segmentation.png``."""
+    for i in range(n):
+        path = root / "ISBI2016_ISIC_Part1_Test_Data" / f"ISIC_{i:07d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((SIZE, SIZE, 3), 90, np.uint8)).save(path, format="JPEG")
+        write_noisy_mask(root / "ISBI2016_ISIC_Part1_Test_GroundTruth" / f"ISIC_{i:07d}_Segmentation.png", i)
+    return root
+
+
+def make_rsdd(root: Path, n: int = 2) -> Path:
+    """``Type-I RSDDs dataset/{Rail images,GroundTruth}/rail_k.jpg`` and the same for Type-II."""
+    for folder in ("Type-I RSDDs dataset", "Type-II RSDDs dataset"):
+        for i in range(1, n + 1):
+            path = root / folder / "Rail images" / f"rail_{i}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((SIZE, SIZE, 3), 60, np.uint8)).save(path, format="JPEG")
+            write_noisy_mask(root / folder / "GroundTruth" / f"rail_{i}.jpg", i, fmt="PNG")
+    return root
+
+
+# ---- image-level medical sets ----------------------------------------------------------------------------
+def make_headct(root: Path, labels: tuple[int, ...] = (0, 1, 1, 0, 1)) -> Path:
+    """``labels.csv`` ("id, hemorrhage", unpadded ids) and ``head_ct/head_ct/000.png …``."""
+    for i in range(len(labels)):
+        write_image(root / "head_ct" / "head_ct" / f"{i:03d}.png", mode="L", seed=i)
+    rows = "\n".join(f"{i},{v}" for i, v in enumerate(labels))
+    (root / "labels.csv").write_text(f"id, hemorrhage\n{rows}\n")
+    return root
+
+
+def make_yes_no(root: Path, yes: tuple[str, ...], no: tuple[str, ...], nested: str | None = None) -> Path:
+    """``[nested/]yes/<names>`` (anomalous) and ``no/<names>`` (normal), RGB images."""
+    base = root / nested if nested else root
+    for k, name in enumerate(yes):
+        write_image(base / "yes" / name, seed=k)
+    for k, name in enumerate(no):
+        write_image(base / "no" / name, seed=100 + k)
+    return root
+
+
+# ---- UCSD Ped2 -------------------------------------------------------------------------------------
+def make_ped2(root: Path, n_train: int = 2, n_test: int = 2, frames: int = 3) -> Path:
+    """``Train/TrainNNN/001.tif``, ``Test/TestNNN/001.tif`` + ``Test/TestNNN_gt/001.bmp``; in test clip ``c``
+    frames ``>= 2`` are anomalous (box), and a macOS ``._001.tif`` sits in every clip."""
+    for c in range(1, n_train + 1):
+        for f in range(1, frames + 1):
+            write_image(root / "Train" / f"Train{c:03d}" / f"{f:03d}.tif", mode="L", seed=c * 10 + f)
+        (root / "Train" / f"Train{c:03d}" / "._001.tif").write_bytes(b"\x00\x05\x16\x07")
+    for c in range(1, n_test + 1):
+        for f in range(1, frames + 1):
+            write_image(root / "Test" / f"Test{c:03d}" / f"{f:03d}.tif", mode="L", seed=100 + c * 10 + f)
+            region = box(f) if f >= 2 else np.zeros((SIZE, SIZE), bool)
+            path = root / "Test" / f"Test{c:03d}_gt" / f"{f:03d}.bmp"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            array = np.zeros((SIZE, SIZE), np.uint8)
+            array[region] = 255
+            Image.fromarray(array).save(path, format="BMP")
+        (root / "Test" / f"Test{c:03d}" / "._001.tif").write_bytes(b"\x00\x05\x16\x07")
+    return root

@@ -1,0 +1,64 @@
+"""RSDDs (rail surface defects), read as the authors ship it: two rail types, JPEG images and masks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from anomaly_zoo.data.base import AnomalyDataModule
+from anomaly_zoo.data.dataset import AnomalyDataset, Sample
+from anomaly_zoo.data.io import list_images, match_by_stem
+from anomaly_zoo.data.layout import missing_mask_error, require_images
+from anomaly_zoo.data.mask_threshold import ThresholdMaskDataset
+from anomaly_zoo.registry import DATAMODULES
+
+#: category -> folder of the release
+FOLDERS = {"type_i": "Type-I RSDDs dataset", "type_ii": "Type-II RSDDs dataset"}
+
+
+@DATAMODULES.register("rsdd")
+class RSDD(AnomalyDataModule):
+    """RSDDs (Gan et al., "A Hierarchical Extractor-Based Visual Rail Surface Inspection System",
+    IEEE Sensors Journal 2017), the ``RSDDs dataset`` archive extracted.
+
+    Layout::
+
+        <root>/                                  ("RSDDs dataset")
+        ├── Type-I RSDDs dataset/                (express rails; 67 images, 160 px wide strips)
+        │   ├── Rail images/     rail_1.jpg, …
+        │   └── GroundTruth/     rail_1.jpg, …   (JPEG masks: same stem)
+        └── Type-II RSDDs dataset/               (heavy-haul rails; 128 images, 55 px wide)
+            ├── Rail images/
+            └── GroundTruth/
+
+    Categories ``type_i`` and ``type_ii``. Every image holds at least one defect, so RSDD measures pixel
+    metrics (image metrics are undefined without normal images); there is no training split (zero-shot
+    use; ``fit`` fails). The masks are JPEGs, so they are binarised at grey level ``> 127`` (``> 0`` would
+    mark the compression noise around each defect).
+
+    Args: see :class:`~anomaly_zoo.data.base.AnomalyDataModule`.
+    """
+
+    CATEGORIES = ("type_i", "type_ii")
+    DATASET_NAME = "RSDDs"
+    DOMAIN = "industrial"
+
+    def available_categories(self) -> list[str]:
+        return [c for c, folder in FOLDERS.items() if (self.root / folder).is_dir()]
+
+    def make_samples(self, category: str, split: str) -> list[Sample]:
+        if split in ("train", "val"):
+            return []
+        if split != "test":
+            raise ValueError(f"Unknown split '{split}'; expected 'train', 'val' or 'test'.")
+        base = self.root / FOLDERS[category]
+        images = require_images(
+            list_images(base / "Rail images"), base / "Rail images", f"RSDD {category} images"
+        )
+        pairs = match_by_stem(images, list_images(base / "GroundTruth"), ("",))
+        missing = [(p, base / "GroundTruth" / p.name) for p in images if p not in pairs]
+        if missing:
+            raise missing_mask_error(missing, "RSDD masks in GroundTruth/ have the image's stem.")
+        return [Sample(str(p), 1, category, (str(pairs[p]),), "defect") for p in images]
+
+    def build_dataset(self, categories: Sequence[str], split: str) -> AnomalyDataset | None:
+        return ThresholdMaskDataset.wrap(super().build_dataset(categories, split), 127)
