@@ -25,12 +25,14 @@ def calibration_loader(datamodule: Any) -> tuple[DataLoader, str] | None:
     if dataset is not None and len(dataset) > 0:
         source = "the validation split"
     else:
-        train = getattr(datamodule, "train_dataset", None)
-        if not isinstance(train, AnomalyDataset) or len(train) == 0:
+        dataset = getattr(datamodule, "train_dataset", None)
+        if dataset is None or len(dataset) == 0:
             return None
-        # Same images, evaluation transform: no augmentation in the scores the thresholds come from.
-        transform = build_transform(datamodule.normalization, ())
-        dataset = AnomalyDataset(train.samples, transform, train.image_size, train.interpolation, split="train")
+        if isinstance(dataset, AnomalyDataset):
+            # Same images, evaluation transform: no augmentation in the scores the thresholds come from.
+            transform = build_transform(datamodule.normalization, ())
+            dataset = AnomalyDataset(dataset.samples, transform, dataset.image_size, dataset.interpolation,
+                                     split="train")
         source = "the normal training images (no validation split; in-sample scores)"
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_samples)
