@@ -11,6 +11,8 @@ from anomaly_zoo.data.layout import missing_mask_error, require_images
 from anomaly_zoo.registry import DATAMODULES
 
 _SPLIT_DIRS = {"train": "train", "val": "valid", "test": "test"}
+#: Mask folder names in circulation: BMAD's README says ``label``, the Drive copies and MVFA use ``anomaly_mask``.
+MASK_DIRS = ("label", "anomaly_mask")
 
 
 def _images(directory: Path) -> list[Path]:
@@ -30,12 +32,16 @@ class BMAD(AnomalyDataModule):
         │   ├── train/good/img/             00003_60.png, …
         │   ├── valid/good/img/             …                  → split "val" (with anomalies)
         │   ├── valid/Ungood/img/           00124_60.png, …
-        │   ├── valid/Ungood/label/         00124_60.png, …    (mask: same file name)
+        │   ├── valid/Ungood/label/         00124_60.png, …    (mask: same file name; or anomaly_mask/)
         │   ├── test/good/img/              00000_96.png, …
         │   ├── test/Ungood/img/            00002_60.png, …
         │   └── test/Ungood/label/          00002_60.png, …
-        ├── Liver/                          (BTCV + LiTS CT slices)
+        ├── Liver/                          (BTCV + LiTS CT slices; "liver" in the Drive copy)
         └── RESC/                           (retinal OCT)
+
+    The same sets as reorganised by MVFA (Huang et al., CVPR 2024; used by AA-CLIP and MoECLIP) are
+    ``Brain_AD/``, ``Liver_AD/``, ``Retina_RESC_AD/`` with only ``valid/`` and ``test/`` (no ``train/``:
+    zero-shot) and ``anomaly_mask/`` folders; they load the same way.
 
     The image-level BMAD sets (OCT2017, RSNA, camelyon16) have no ``img/``/``label/`` level:
     ``<split>/{good,Ungood}/*.png``; their anomalous images carry image labels only (no masks).
@@ -44,21 +50,19 @@ class BMAD(AnomalyDataModule):
     Args: see :class:`~anomaly_zoo.data.base.AnomalyDataModule`.
     """
 
-    CATEGORIES = ("Brain", "Liver", "RESC")
+    CATEGORIES = ("Brain", "Liver", "liver", "RESC", "Brain_AD", "Liver_AD", "Retina_RESC_AD")
     DATASET_NAME = "BMAD"
     DOMAIN = "medical"
 
     def _looks_like_category(self, name: str) -> bool:
-        return (self.root / name / "train" / "good").is_dir() or (
-            self.root / name / "test" / "Ungood"
-        ).is_dir()
+        return (self.root / name / "test" / "Ungood").is_dir()
 
     def make_samples(self, category: str, split: str) -> list[Sample]:
         if split not in _SPLIT_DIRS:
             raise ValueError(f"Unknown split '{split}'; expected 'train', 'val' or 'test'.")
         base = self.root / category / _SPLIT_DIRS[split]
-        if split == "val" and not base.is_dir():
-            return []
+        if split in ("train", "val") and not base.is_dir():
+            return []  # MVFA's copies have no train/ (zero-shot); fit then fails with "no training images"
         good = _images(base / "good")
         if split == "train":
             require_images(good, base / "good", f"training images for '{category}'")
@@ -66,11 +70,14 @@ class BMAD(AnomalyDataModule):
         samples = [Sample(str(p), 0, category, (), "good") for p in good]
         ungood = base / "Ungood"
         bad = _images(ungood)
-        if (ungood / "label").is_dir():
-            pairs = match_by_stem(bad, list_images(ungood / "label"), ("",))
-            missing = [(p, ungood / "label" / p.name) for p in bad if p not in pairs]
+        mask_dir = next((ungood / d for d in MASK_DIRS if (ungood / d).is_dir()), None)
+        if mask_dir is not None:
+            pairs = match_by_stem(bad, list_images(mask_dir), ("",))
+            missing = [(p, mask_dir / p.name) for p in bad if p not in pairs]
             if missing:
-                raise missing_mask_error(missing, "BMAD masks have the image's file name in Ungood/label/.")
+                raise missing_mask_error(
+                    missing, f"BMAD masks have the image's file name in Ungood/{mask_dir.name}/."
+                )
             samples += [Sample(str(p), 1, category, (str(pairs[p]),), "Ungood") for p in bad]
         else:
             samples += [Sample(str(p), 1, category, (), "unlabelled") for p in bad]

@@ -350,17 +350,23 @@ def make_real_iad(
 
 
 # ---- BMAD ------------------------------------------------------------------------------------------
-def make_bmad(root: Path, sets: tuple[str, ...] = ("Brain", "RESC"), n: int = 2) -> Path:
+def make_bmad(
+    root: Path,
+    sets: tuple[str, ...] = ("Brain", "RESC"),
+    n: int = 2,
+    mask_dir: str = "label",
+    train: bool = True,
+) -> Path:
     """``<set>/{train/good/img, valid|test/{good/img, Ungood/img, Ungood/label}}`` with BMAD names ``00002_60.png``."""
     for k, name in enumerate(sets):
         base = root / name
-        for i in range(n + 1):
+        for i in range(n + 1 if train else 0):
             write_image(base / "train" / "good" / "img" / f"{i:05d}_60.png", mode="L", seed=k * 10 + i)
         for split in ("valid", "test"):
             for i in range(n):
                 write_image(base / split / "good" / "img" / f"{i:05d}_96.png", mode="L", seed=50 + i)
                 write_image(base / split / "Ungood" / "img" / f"{i:05d}_70.png", mode="L", seed=70 + i)
-                write_mask(base / split / "Ungood" / "label" / f"{i:05d}_70.png", box(i))
+                write_mask(base / split / "Ungood" / mask_dir / f"{i:05d}_70.png", box(i))
     return root
 
 

@@ -42,3 +42,12 @@ def test_missing_label_and_image_level_sets(tmp_path):
     dm = bmad(flat)
     dm.setup("test")
     assert sorted(s.defect_type for s in dm.test_dataset.samples) == ["good", "unlabelled"]
+
+
+def test_mvfa_copies_anomaly_mask_folder_and_no_train(tmp_path):
+    dm = bmad(make_bmad(tmp_path, sets=("Liver_AD",), mask_dir="anomaly_mask", train=False))
+    dm.setup("test")
+    assert dm.categories == ["Liver_AD"] and len(dm.test_dataset) == 4
+    assert sum(len(s.mask_paths) for s in dm.test_dataset.samples) == 2
+    with pytest.raises(DatasetError, match="No training images"):
+        bmad(tmp_path).setup("fit")
