@@ -99,7 +99,7 @@ def _dense_crf_pydensecrf(image: np.ndarray, probs: np.ndarray, params: CRFParam
     crf.setUnaryEnergy(np.ascontiguousarray(dcrf_utils.unary_from_softmax(probs, clip=params.clip)))
     crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
     crf.addPairwiseBilateral(
-        sxy=params.bilateral_sxy, srgb=params.bilateral_srgb, rgbim=np.ascontiguousarray(image),
+        sxy=params.bilateral_sxy, srgb=params.bilateral_srgb, rgbim=np.array(image, order="C"),  # writable copy
         compat=params.bilateral_compat,
     )
     return np.asarray(crf.inference(params.iterations), dtype=np.float32).reshape(labels, height, width)

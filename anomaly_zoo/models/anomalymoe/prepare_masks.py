@@ -151,15 +151,18 @@ class MaskPreparer:
     @property
     def extractor(self) -> DinoPatchFeatures:
         if self._extractor is None:
-            self._extractor = DinoPatchFeatures(
-                self.feature_model, self.pretrained, self.weights, self.feature_model_kwargs, self.weights_option
-            ).to(self.device)
+            # A random-init model (tests, demos) is drawn from `seed`, so the cache key determines its weights.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.settings.seed)
+                self._extractor = DinoPatchFeatures(
+                    self.feature_model, self.pretrained, self.weights, self.feature_model_kwargs, self.weights_option
+                ).to(self.device)
         return self._extractor
 
     def _load(self, path: str) -> np.ndarray:
         size = self.settings.image_size
         image = Image.fromarray(read_image(path)).resize((size, size), Image.BILINEAR)  # the authors' Resize
-        return np.asarray(image)
+        return np.array(image)
 
     def _features(self, images: list[np.ndarray]) -> torch.Tensor:
         batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255)
@@ -226,9 +229,7 @@ class MaskPreparer:
     # ---- datasets -----------------------------------------------------------------------------------
     def wrap(self, module: AnomalyDataModule, dataset: Dataset) -> ComponentMaskDataset:
         """``dataset`` (samples of ``module``) with the masks of its images attached."""
-        if isinstance(dataset, ComponentMaskDataset):
-            if dataset.key == self.settings_key():
-                return dataset
+        if isinstance(dataset, ComponentMaskDataset):  # attached before: look the files up again (cheap if cached)
             dataset = dataset.base
         samples: list[Sample] | None = getattr(dataset, "samples", None)
         if samples is None:
@@ -315,7 +316,7 @@ class ComponentMaskDataset(Dataset):
         out = np.zeros((self.num_clusters, height, width), dtype=np.uint8)
         out[: len(masks)] = masks[: self.num_clusters]
         component_masks = torch.from_numpy(out)
-        return {**item, "component_masks": component_masks, "component_valid": component_masks.flatten(1).any(1)}
+        return {**item, "component_masks": component_masks, "component_valid": component_masks.flatten(1).any(1).bool()}
 
 
 def _wrap_datasets(datamodule: AnomalyDataModule, stage: str | None,
