@@ -37,7 +37,7 @@ class BMAD(AnomalyDataModule):
         │   ├── test/Ungood/img/            00002_60.png, …
         │   └── test/Ungood/label/          00002_60.png, …
         ├── Liver/                          (BTCV + LiTS CT slices; "liver" in the Drive copy)
-        └── RESC/                           (retinal OCT)
+        └── RESC/                           (retinal OCT; "Retina" in MoECLIP's copy)
 
     The same sets as reorganised by MVFA (Huang et al., CVPR 2024; used by AA-CLIP and MoECLIP) are
     ``Brain_AD/``, ``Liver_AD/``, ``Retina_RESC_AD/`` with only ``valid/`` and ``test/`` (no ``train/``:
@@ -50,7 +50,7 @@ class BMAD(AnomalyDataModule):
     Args: see :class:`~anomaly_zoo.data.base.AnomalyDataModule`.
     """
 
-    CATEGORIES = ("Brain", "Liver", "liver", "RESC", "Brain_AD", "Liver_AD", "Retina_RESC_AD")
+    CATEGORIES = ("Brain", "Liver", "liver", "RESC", "Retina", "Brain_AD", "Liver_AD", "Retina_RESC_AD")
     DATASET_NAME = "BMAD"
     DOMAIN = "medical"
 

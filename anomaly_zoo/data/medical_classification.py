@@ -91,7 +91,8 @@ class HeadCT(SingleSetDataModule):
             └── head_ct/         000.png … 199.png (ids zero-padded to 3 digits; or head_ct/*.png)
 
     ``hemorrhage`` 1 = anomalous (image label only), 0 = normal. A zero-shot image-level set: test
-    split only, no masks. An image without a row, or a row without its image, is an error.
+    split only, no masks. An image without a row, or a row without its image, is an error. The copy
+    AnomalyCLIP / AA-CLIP / MoECLIP distribute (``test/good/*.png``, ``test/defect/*.png``) loads too.
 
     Args: see :class:`~anomaly_zoo.data.base.AnomalyDataModule`.
     """
@@ -118,6 +119,12 @@ class HeadCT(SingleSetDataModule):
             return []
         if split != "test":
             raise ValueError(f"Unknown split '{split}'; expected 'train', 'val' or 'test'.")
+        if (self.root / "test" / "good").is_dir():  # the zero-shot papers' reorganised copy
+            good, bad = list_images(self.root / "test" / "good"), list_images(self.root / "test" / "defect")
+            require_images(good + bad, self.root / "test", "HeadCT images")
+            return [Sample(str(p), 0, category, (), "good") for p in good] + [
+                Sample(str(p), 1, category, (), "unlabelled") for p in bad
+            ]
         folder = self.root / "head_ct" / "head_ct"
         folder = folder if folder.is_dir() else self.root / "head_ct"
         images = {int(p.stem): p for p in list_images(folder) if p.stem.isdigit()}

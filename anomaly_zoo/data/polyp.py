@@ -13,7 +13,12 @@ from anomaly_zoo.data.mask_threshold import ThresholdMaskDataset
 from anomaly_zoo.registry import DATAMODULES
 
 #: (images folder, masks folder) pairs, in the order they are tried.
-FOLDER_PAIRS = (("images", "masks"), ("Original", "Ground Truth"), ("PNG/Original", "PNG/Ground Truth"))
+FOLDER_PAIRS = (
+    ("images", "masks"),
+    ("test dataset/images", "test dataset/masks"),
+    ("Original", "Ground Truth"),
+    ("PNG/Original", "PNG/Ground Truth"),
+)
 MASK_THRESHOLD = 127
 
 
@@ -30,7 +35,11 @@ class Polyp(AnomalyDataModule):
         ├── Kvasir/       images/ masks/
         ├── Kvasir-SEG/   images/cju0qkwl35piu0993l0dewei2.jpg … masks/<same name>.jpg  (JPEG masks)
         ├── CVC-ClinicDB/ Original/1.tif … "Ground Truth"/1.tif …   (the original release: TIFF)
-        └── Endo/         images/*.jpg  masks/*.png             (EndoTect 2020 segmentation test set)
+        ├── Endo/         images/*.jpg  masks/*.png             (EndoTect 2020 segmentation test set)
+        └── Endo/         "test dataset"/images/*.jpg "test dataset"/masks/*.jpg   (MoECLIP's copy)
+
+    MoECLIP's copies (``Colon_clinicDB``, ``Colon_colonDB``, ``Colon_cvc300``, ``Colon_Kvasir``, ``Endo``)
+    are the same layouts under other folder names; any folder holding one of the pairs is a category.
 
     Images and masks pair by stem (extensions may differ). Masks are binarised at grey level ``> 127``:
     Kvasir-SEG's JPEG masks and anti-aliased PNG edges hold intermediate values that ``> 0`` would turn

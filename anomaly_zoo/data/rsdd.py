@@ -9,6 +9,7 @@ from anomaly_zoo.data.dataset import AnomalyDataset, Sample
 from anomaly_zoo.data.io import list_images, match_by_stem
 from anomaly_zoo.data.layout import missing_mask_error, require_images
 from anomaly_zoo.data.mask_threshold import ThresholdMaskDataset
+from anomaly_zoo.data.mvtec_style import mvtec_style_samples
 from anomaly_zoo.registry import DATAMODULES
 
 #: category -> folder of the release
@@ -35,6 +36,14 @@ class RSDD(AnomalyDataModule):
     use; ``fit`` fails). The masks are JPEGs, so they are binarised at grey level ``> 127`` (``> 0`` would
     mark the compression noise around each defect).
 
+    The copy the zero-shot papers evaluate (AdaCLIP / AA-CLIP / MoECLIP's download, with normal crops) is
+    laid out like MVTec AD and loads too; each such folder is a category::
+
+        <root>/Metal15/
+        ├── test/good/           RSDD_II-metal-null-001262_0000000716.bmp, …
+        ├── test/anomaly/        RSDD_I-metal-defect-000001_0000000021.bmp, …
+        └── ground_truth/anomaly/ RSDD_I-metal-defect-000001_0000000021.png, …  (same stem, .png)
+
     Args: see :class:`~anomaly_zoo.data.base.AnomalyDataModule`.
     """
 
@@ -43,13 +52,19 @@ class RSDD(AnomalyDataModule):
     DOMAIN = "industrial"
 
     def available_categories(self) -> list[str]:
-        return [c for c, folder in FOLDERS.items() if (self.root / folder).is_dir()]
+        raw = [c for c, folder in FOLDERS.items() if (self.root / folder).is_dir()]
+        folders = sorted(
+            p.name for p in self.root.iterdir() if (p / "test").is_dir() and (p / "ground_truth").is_dir()
+        )
+        return raw + folders
 
     def make_samples(self, category: str, split: str) -> list[Sample]:
         if split in ("train", "val"):
             return []
         if split != "test":
             raise ValueError(f"Unknown split '{split}'; expected 'train', 'val' or 'test'.")
+        if category not in FOLDERS:  # the MVTec-style copy
+            return mvtec_style_samples(self.root / category, category, split, mask_suffixes=("", "_mask"))
         base = self.root / FOLDERS[category]
         images = require_images(
             list_images(base / "Rail images"), base / "Rail images", f"RSDD {category} images"

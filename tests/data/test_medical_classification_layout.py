@@ -7,7 +7,7 @@ import pytest
 from anomaly_zoo.data.domain import dataset_domain
 from anomaly_zoo.data.errors import DatasetError
 from anomaly_zoo.data.medical_classification import Br35H, BrainMRI, HeadCT
-from tests.data.layouts import make_headct, make_yes_no, one_batch
+from tests.data.layouts import make_headct, make_yes_no, one_batch, write_image
 
 
 def test_headct_labels_from_csv(tmp_path):
@@ -39,3 +39,11 @@ def test_brain_mri_nested_copy_and_odd_names(tmp_path):
     assert one_batch(dm.test_dataset)["image"].shape[0] == 5
     with pytest.raises(DatasetError, match="No training images"):
         BrainMRI(root, num_workers=0).setup("fit")
+
+
+def test_headct_zero_shot_copy(tmp_path):
+    for i, folder in enumerate(("good", "defect", "defect")):
+        write_image(tmp_path / "test" / folder / f"{i:03d}.png", mode="L", seed=i)
+    dm = HeadCT(tmp_path, image_size=None, num_workers=0)
+    dm.setup("test")
+    assert sorted(s.label for s in dm.test_dataset.samples) == [0, 1, 1]

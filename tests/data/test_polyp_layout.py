@@ -37,3 +37,17 @@ def test_no_training_split_and_missing_mask(tmp_path):
     (root / "CVC-ColonDB/masks/2.png").unlink()
     with pytest.raises(DatasetError, match="CVC-ColonDB/images/2.png"):
         polyp(root, category="CVC-ColonDB").setup("test")
+
+
+def test_moeclip_endo_copy_with_space_and_jpeg_masks(tmp_path):
+    from tests.data.layouts import write_image, write_noisy_mask
+
+    for i in range(2):
+        write_image(tmp_path / "Endo" / "test dataset" / "images" / f"00{i}ab.jpg", seed=i)
+        write_noisy_mask(tmp_path / "Endo" / "test dataset" / "masks" / f"00{i}ab.jpg", i, fmt="PNG")
+    dm = polyp(tmp_path)
+    dm.setup("test")
+    assert dm.categories == ["Endo"]
+    batch = one_batch(dm.test_dataset)
+    for path, mask in zip(batch["path"], batch["mask"]):
+        np.testing.assert_array_equal(mask[0].numpy(), expected_mask(int(path.rsplit("/", 1)[1][2])))
