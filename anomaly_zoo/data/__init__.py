@@ -12,6 +12,7 @@ from anomaly_zoo.data import ped2  # noqa: F401
 from anomaly_zoo.data import polyp  # noqa: F401
 from anomaly_zoo.data import real_iad  # noqa: F401
 from anomaly_zoo.data import rsdd  # noqa: F401
+from anomaly_zoo.data import images  # noqa: F401
 from anomaly_zoo.data.base import AnomalyDataModule
 from anomaly_zoo.data.dataset import AnomalyDataset, Sample
 from anomaly_zoo.data.errors import DatasetError

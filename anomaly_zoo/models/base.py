@@ -52,6 +52,8 @@ class AnomalyModule(pl.LightningModule):
     set_statistics: tuple[str, ...] = ()
     #: How the thresholds are chosen after ``fit``; set on the instance (the CLI's ``--threshold.*``).
     threshold_options: ThresholdOptions = ThresholdOptions()
+    #: Keyword arguments of the PredictionWriter ``predict`` uses (the CLI's ``--output_dir``, ``--save_maps``, ...).
+    prediction_options: dict[str, Any] = {}
 
     def __init__(self, pixel_metrics: str = "streaming", fpr_limit: float = 0.3, results_dir: str | None = None) -> None:
         super().__init__()
@@ -354,8 +356,12 @@ class AnomalyModule(pl.LightningModule):
         self.calibrate_thresholds(*found)
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        # `predict` writes scores and overlays; a user-given PredictionWriter (same type) replaces this one.
-        return [PredictionWriter()]
+        # `predict` writes scores and overlays. Lightning lets callbacks returned here replace the Trainer's
+        # of the same type, so a user-given PredictionWriter is kept by returning none.
+        trainer = self._trainer
+        if trainer is not None and any(isinstance(c, PredictionWriter) for c in trainer.callbacks):
+            return []
+        return [PredictionWriter(**self.prediction_options)]
 
     # ---- bookkeeping -----------------------------------------------------------------------------
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -78,6 +78,7 @@ class PredictionWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir) if output_dir else None
         self.value_range = value_range
+        self._given_range = value_range
         self.heatmaps = heatmaps
         self.save_maps = save_maps
         self.save_masks = save_masks
@@ -89,6 +90,7 @@ class PredictionWriter(BasePredictionWriter):
         if self.output_dir is None:
             self.output_dir = Path(trainer.log_dir or "results") / "predictions"
         self._rows = []
+        self.value_range = self._given_range  # a Trainer reused for another predict run starts afresh
         self._thresholds = getattr(pl_module, "thresholds", None)
         preprocessing = getattr(pl_module, "preprocessing", None) or {}
         self._mean, self._std = preprocessing.get("mean"), preprocessing.get("std")

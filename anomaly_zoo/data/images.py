@@ -1,0 +1,101 @@
+"""``images``: any image files to predict on — a file, a folder (searched recursively), a glob, or a list of them.
+
+No labels (``label`` = -1, written as an empty cell by ``predict``), no masks, predict only. Every image is
+predicted once, even if two patterns match it. ``anomaly-zoo predict --ckpt_path model.ckpt imgs/`` is the
+short form of ``--data images --data.path imgs/`` (see ``anomaly_zoo/predict_cli.py``).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+from anomaly_zoo.data.base import AnomalyDataModule
+from anomaly_zoo.data.dataset import Sample
+from anomaly_zoo.data.errors import DatasetError
+from anomaly_zoo.data.io import is_image_file, list_images
+from anomaly_zoo.data.transforms import ImageSize
+from anomaly_zoo.registry import DATAMODULES
+
+__all__ = ["ImageFiles", "find_images"]
+
+#: The label of an image nobody has labelled.
+UNKNOWN_LABEL = -1
+
+
+def find_images(paths: str | list[str]) -> list[Path]:
+    """Image files named by ``paths`` (files, folders searched recursively, globs), each once, in the given order.
+
+    Within a folder or glob, files are sorted by name. A pattern that matches no image is an error naming it.
+    """
+    patterns = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not patterns:
+        raise DatasetError("`path` is empty: give image files, folders or glob patterns.")
+    found: dict[str, Path] = {}
+    for pattern in patterns:
+        path = Path(os.path.expanduser(str(pattern)))
+        if path.is_dir():
+            matches = list_images(path, recursive=True)
+        elif path.is_file():
+            if not is_image_file(path):
+                raise DatasetError(f"'{path}' is not an image file (check `path`).")
+            matches = [path]
+        else:
+            matches = sorted(p for p in map(Path, glob.glob(str(path), recursive=True)) if is_image_file(p))
+        if not matches:
+            raise DatasetError(f"No image files found at '{pattern}' (check `path`: a file, a folder or a glob).")
+        for match in matches:
+            found.setdefault(os.path.realpath(match), match)
+    return list(found.values())
+
+
+@DATAMODULES.register("images")
+class ImageFiles(AnomalyDataModule):
+    """Unlabelled images for ``predict``: files, folders (recursive) or globs.
+
+    Args:
+        path: one path / glob or a list of them.
+        category: the name the images carry in ``predictions.csv``.
+        image_size: the model's input size; the CLI fills it in from ``--ckpt_path`` when not given.
+        batch_size, num_workers, normalization, interpolation: as in :class:`AnomalyDataModule` (the CLI
+            takes normalisation and interpolation from the checkpoint too).
+    """
+
+    DATASET_NAME = "images"
+
+    def __init__(
+        self,
+        path: str | list[str],
+        category: str = "images",
+        image_size: ImageSize = None,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        normalization: str = "imagenet",
+        interpolation: str = "bilinear",
+    ) -> None:
+        super().__init__(root=".", category=category, image_size=image_size, batch_size=batch_size,
+                         num_workers=num_workers, normalization=normalization, interpolation=interpolation)
+        self.path = path
+
+    def check_root(self) -> None:
+        """There is no root: the paths are checked when they are listed."""
+
+    def available_categories(self) -> list[str]:
+        return [self.category]
+
+    def resolve_categories(self) -> list[str]:
+        return [self.category]
+
+    def make_samples(self, category: str, split: str) -> list[Sample]:
+        if split != "test":
+            return []
+        return [Sample(str(p), UNKNOWN_LABEL, category, (), "unknown") for p in find_images(self.path)]
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage not in (None, "predict"):
+            raise DatasetError(
+                f"`--data images` holds unlabelled images for `predict` only, not `{stage}`: train and test on a "
+                "labelled dataset (e.g. `--data folder`)."
+            )
+        super().setup("predict")

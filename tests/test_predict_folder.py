@@ -1,0 +1,137 @@
+"""``predict`` on plain images: one row and one native-size overlay per image, known decisions, no collisions."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from anomaly_zoo.data.errors import DatasetError
+from anomaly_zoo.data.images import ImageFiles, find_images
+from anomaly_zoo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from anomaly_zoo.models.base import AnomalyModule
+from anomaly_zoo.models.components.thresholds import Thresholds
+from anomaly_zoo.viz.writer import PredictionWriter, output_names
+
+HEIGHT, WIDTH = 40, 56  # native size, not the model's 32×32
+
+
+def _red(value: int) -> float:
+    """Channel 0 of the model input for a red level (ImageNet normalisation)."""
+    return (value / 255 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]
+
+
+class RedOracle(AnomalyModule):
+    """Map = the input's red channel: a red patch is the defect, by construction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thresholds = Thresholds(image=_red(128), pixel=_red(128), image_range=(_red(0), _red(255)),
+                                     pixel_range=(_red(0), _red(255)), image_method="hand", pixel_method="hand",
+                                     source="hand-set", n_images=0)
+
+    def predict_anomaly(self, images):
+        maps = images[:, :1]
+        return {"anomaly_map": maps, "pred_score": maps.flatten(1).amax(1)}
+
+
+def _write(path, patch: bool) -> None:
+    image = np.full((HEIGHT, WIDTH, 3), 20, np.uint8)
+    if patch:
+        image[10:30, 20:44, 0] = 250  # a red rectangle: 20×24 pixels
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+
+
+@pytest.fixture()
+def folders(tmp_path):
+    # Two folders with the same file names: outputs must not overwrite each other.
+    for folder in ("line_a", "line_b"):
+        _write(tmp_path / "imgs" / folder / "part_1.png", patch=False)
+        _write(tmp_path / "imgs" / folder / "part_2.png", patch=True)
+    _write(tmp_path / "imgs" / "line_b" / "nested" / "part_3.png", patch=True)
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image")
+    return tmp_path / "imgs"
+
+
+def _predict(data, tmp_path, **writer) -> pd.DataFrame:
+    model = RedOracle()
+    out = tmp_path / "out"
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[PredictionWriter(output_dir=str(out), **writer)])
+    trainer.predict(model, datamodule=data, return_predictions=False)
+    return pd.read_csv(out / "predictions.csv", keep_default_na=False)
+
+
+def test_a_folder_without_labels_gives_one_row_and_one_overlay_per_image_with_the_right_decisions(folders, tmp_path):
+    data = ImageFiles(path=str(folders), image_size=32, batch_size=2)
+    table = _predict(data, tmp_path, save_maps=True, save_masks=True)
+    assert len(table) == 5 and table["path"].is_unique
+    assert (table["label"] == "").all()  # nobody labelled these images: no invented labels
+    expected = {"part_1.png": 0, "part_2.png": 1, "part_3.png": 1}
+    assert [expected[p.rsplit("/", 1)[-1]] for p in table["path"]] == table["pred_label"].tolist()
+    out = tmp_path / "out"
+    overlays = sorted(str(p.relative_to(out)) for p in out.rglob("overlays/**/*.png"))
+    assert overlays == sorted(table["overlay"]) and len(set(overlays)) == 5
+    assert "overlays/line_a/part_1.png" in overlays and "overlays/line_b/part_1.png" in overlays
+    for name in overlays:
+        assert Image.open(out / name).size == (WIDTH, HEIGHT)  # native resolution, not 32×32
+    # The predicted mask at native size covers the red rectangle (up to the map's upsampling blur).
+    mask = np.asarray(Image.open(out / "masks/line_a/part_2.png")) > 0
+    truth = np.zeros((HEIGHT, WIDTH), bool)
+    truth[10:30, 20:44] = True
+    assert (mask & truth).sum() / truth.sum() > 0.8 and (mask & ~truth).sum() / truth.sum() < 0.2
+    raw = np.load(out / "maps/line_a/part_2.npy")
+    assert raw.shape == (HEIGHT, WIDTH) and raw[20, 32] == pytest.approx(_red(250), abs=1e-3)
+    assert not (np.asarray(Image.open(out / "masks/line_a/part_1.png")) > 0).any()
+
+
+def test_globs_and_repeated_paths_predict_each_image_once(folders, tmp_path):
+    paths = [str(folders / "line_a" / "part_1.png"), str(folders / "**" / "*.png"), str(folders / "line_a")]
+    found = find_images(paths)
+    assert len(found) == 5 and found[0].name == "part_1.png"
+    table = _predict(ImageFiles(path=paths, image_size=32), tmp_path)
+    assert len(table) == 5 and table["path"].is_unique
+
+
+def test_a_pattern_without_images_names_itself(tmp_path):
+    with pytest.raises(DatasetError, match="nothing_here"):
+        find_images(str(tmp_path / "nothing_here" / "*.png"))
+    with pytest.raises(DatasetError, match="predict"):
+        ImageFiles(path=str(tmp_path)).setup("fit")
+
+
+def test_output_names_never_collide():
+    names = output_names(["/d/a/x.png", "/d/b/x.png", "/d/a/x.jpg", "/d/a/y.png"])
+    assert len(set(names.values())) == 4
+    assert names["/d/b/x.png"] == "b/x" and names["/d/a/y.png"] == "a/y"
+    assert {names["/d/a/x.png"], names["/d/a/x.jpg"]} == {"a/x_png", "a/x_jpg"}
+
+
+def test_paths_that_are_not_files_take_the_pixels_from_the_batch(tmp_path):
+    """In-memory datasets (paths are names, not files): the overlay comes from the batch image."""
+
+    class InMemory(torch.utils.data.Dataset):
+        samples = None
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            image = torch.full((3, 32, 32), _red(20))
+            if i == 1:
+                image[0, 8:24, 8:24] = _red(250)
+            return {"image": image, "mask": torch.zeros(1, 32, 32, dtype=torch.uint8), "label": torch.tensor(-1),
+                    "category": "mem", "path": f"memory://{i}", "index": torch.tensor(i)}
+
+    out = tmp_path / "out"
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[PredictionWriter(output_dir=str(out))])
+    trainer.predict(RedOracle(), dataloaders=torch.utils.data.DataLoader(InMemory(), batch_size=2),
+                    return_predictions=False)
+    table = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert table["pred_label"].tolist() == [0, 1]
+    assert all(Image.open(out / p).size == (32, 32) for p in table["overlay"])
