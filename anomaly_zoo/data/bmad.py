@@ -8,6 +8,7 @@ from anomaly_zoo.data.base import AnomalyDataModule
 from anomaly_zoo.data.dataset import Sample
 from anomaly_zoo.data.io import list_images, match_by_stem
 from anomaly_zoo.data.layout import missing_mask_error, require_images
+from anomaly_zoo.data.mvtec_style import mvtec_style_samples
 from anomaly_zoo.registry import DATAMODULES
 
 _SPLIT_DIRS = {"train": "train", "val": "valid", "test": "test"}
@@ -46,20 +47,28 @@ class BMAD(AnomalyDataModule):
     The image-level BMAD sets (OCT2017, RSNA, camelyon16) have no ``img/``/``label/`` level:
     ``<split>/{good,Ungood}/*.png``; their anomalous images carry image labels only (no masks).
     Masks pair with images by file name; a missing one is an error. Masks are binarised ``> 0``.
+    AnomalyMoE's copies in the MVTec AD layout (``BMAD/{BrainMRI,LiverCT,RESC}/{train/good, test/<type>,
+    ground_truth/<type>}``) load too.
 
     Args: see :class:`~anomaly_zoo.data.base.AnomalyDataModule`.
     """
 
-    CATEGORIES = ("Brain", "Liver", "liver", "RESC", "Retina", "Brain_AD", "Liver_AD", "Retina_RESC_AD")
+    CATEGORIES = (
+        "Brain", "Liver", "liver", "RESC", "Retina", "Brain_AD", "Liver_AD", "Retina_RESC_AD", "BrainMRI", "LiverCT",
+    )  # fmt: skip
     DATASET_NAME = "BMAD"
     DOMAIN = "medical"
 
     def _looks_like_category(self, name: str) -> bool:
-        return (self.root / name / "test" / "Ungood").is_dir()
+        return (self.root / name / "test" / "Ungood").is_dir() or (self.root / name / "ground_truth").is_dir()
 
     def make_samples(self, category: str, split: str) -> list[Sample]:
         if split not in _SPLIT_DIRS:
             raise ValueError(f"Unknown split '{split}'; expected 'train', 'val' or 'test'.")
+        if (self.root / category / "ground_truth").is_dir():  # AnomalyMoE's MVTec-layout copy
+            if split == "val":
+                return []
+            return mvtec_style_samples(self.root / category, category, split, mask_suffixes=("", "_mask"))
         base = self.root / category / _SPLIT_DIRS[split]
         if split in ("train", "val") and not base.is_dir():
             return []  # MVFA's copies have no train/ (zero-shot); fit then fails with "no training images"

@@ -14,6 +14,7 @@ from anomaly_zoo.data.dataset import AnomalyDataset, Sample
 from anomaly_zoo.data.errors import DatasetError
 from anomaly_zoo.data.io import list_images, match_by_stem
 from anomaly_zoo.data.layout import format_list, missing_mask_error, require_images, subdirs
+from anomaly_zoo.data.mvtec_style import mvtec_style_samples
 from anomaly_zoo.data.transforms import ImageSize
 from anomaly_zoo.registry import DATAMODULES
 
@@ -82,6 +83,9 @@ class MVTec3D(AnomalyDataModule):
     With ``load_xyz``, items also carry ``xyz`` (3, H, W) float32, resized with nearest neighbour (needs
     ``tifffile``); a missing ``xyz/<stem>.tiff`` is an error naming the image.
 
+    An RGB-only copy in the MVTec AD layout (``<cat>/{train/good, test/<defect>, ground_truth/<defect>}``,
+    as AnomalyMoE prepares it) loads too, without ``xyz``.
+
     Args:
         load_xyz: also load the point maps as batch key ``xyz``.
         others: see :class:`~anomaly_zoo.data.base.AnomalyDataModule`.
@@ -146,6 +150,14 @@ class MVTec3D(AnomalyDataModule):
 
     def make_samples(self, category: str, split: str) -> list[Sample]:
         base = self.root / category
+        if (base / "ground_truth").is_dir():  # an RGB-only copy in the MVTec AD layout
+            if self.load_xyz:
+                raise DatasetError(
+                    f"'{base}' is an RGB-only copy (MVTec AD layout): it has no xyz maps for `load_xyz`."
+                )
+            if split == "val":
+                return []
+            return mvtec_style_samples(base, category, split, mask_suffixes=("", "_mask"))
         if split in ("train", "val"):
             directory = base / ("train" if split == "train" else "validation") / "good"
             if split == "val" and not directory.is_dir():

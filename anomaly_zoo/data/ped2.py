@@ -9,6 +9,7 @@ from anomaly_zoo.data.dataset import Sample
 from anomaly_zoo.data.errors import DatasetError
 from anomaly_zoo.data.io import list_images, match_by_stem, read_mask
 from anomaly_zoo.data.layout import missing_mask_error, require_images, subdirs
+from anomaly_zoo.data.mvtec_style import mvtec_style_samples
 from anomaly_zoo.data.single_set import SingleSetDataModule
 from anomaly_zoo.registry import DATAMODULES
 
@@ -31,16 +32,20 @@ class Ped2(SingleSetDataModule):
             ├── Test001_gt/      001.bmp … 180.bmp   (per-frame masks; all zero = normal frame)
             └── … Test012/, Test012_gt/
 
-    Every frame is one sample (category ``ped2``; ``defect_type`` = the clip name). A test frame is
+    Every frame is one sample (category ``pedestrian``, AnomalyMoE's name; ``defect_type`` = the clip). A test frame is
     anomalous when its mask has a defect pixel, so frame labels and masks agree by construction. Frames
     pair with masks by stem (``001.tif`` ↔ ``001.bmp``); ``*_gt`` folders are never read as clips and
     macOS ``._*`` / ``.DS_Store`` files in the archive are skipped. The frame-level AUROC is pooled over all
     test frames (as AnomalyMoE's image AUROC), not the per-video protocol of video AD papers.
 
+    AnomalyMoE converts Ped2 to the MVTec AD layout (``Ped2/pedestrian/{train/good, test/<type>,
+    ground_truth/<type>}``; its README, "Data format"); pointing ``root`` at such a ``Ped2`` folder reads that
+    copy (masks ``<stem>.<ext>`` or ``<stem>_mask.<ext>``).
+
     Args: see :class:`~anomaly_zoo.data.base.AnomalyDataModule`.
     """
 
-    CATEGORIES = ("ped2",)
+    CATEGORIES = ("pedestrian",)
     DATASET_NAME = "UCSD Ped2"
     DOMAIN = "industrial"  # surveillance video: no medical rules
 
@@ -52,6 +57,9 @@ class Ped2(SingleSetDataModule):
             return []
         if split not in ("train", "test"):
             raise ValueError(f"Unknown split '{split}'; expected 'train', 'val' or 'test'.")
+        converted = self.root / category
+        if (converted / "test").is_dir() and not (self.root / "Test").is_dir():
+            return mvtec_style_samples(converted, category, split, mask_suffixes=("", "_mask"))
         split_dir = self.root / split.capitalize()
         clips = self._clips(split_dir)
         if not clips:

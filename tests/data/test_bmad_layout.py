@@ -51,3 +51,12 @@ def test_mvfa_copies_anomaly_mask_folder_and_no_train(tmp_path):
     assert sum(len(s.mask_paths) for s in dm.test_dataset.samples) == 2
     with pytest.raises(DatasetError, match="No training images"):
         bmad(tmp_path).setup("fit")
+
+
+def test_anomalymoe_mvtec_layout_copy(tmp_path):
+    from tests.data.layouts import make_mvtec
+
+    root = make_mvtec(tmp_path, categories=("BrainMRI", "LiverCT"), defects={"Ungood": 2}, mask_suffix="")
+    dm = bmad(root)
+    dm.setup()
+    assert dm.categories == ["BrainMRI", "LiverCT"] and len(dm.test_dataset) == 8

@@ -8,7 +8,7 @@ import tifffile
 
 from anomaly_zoo.data.errors import DatasetError
 from anomaly_zoo.data.mvtec_3d import MVTec3D
-from tests.data.layouts import expected_mask, make_mvtec_3d, one_batch, stem_index
+from tests.data.layouts import expected_mask, make_mvtec, make_mvtec_3d, one_batch, stem_index
 
 
 def m3d(root, **kwargs):
@@ -53,3 +53,12 @@ def test_missing_xyz_is_an_error(tmp_path):
     with pytest.raises(DatasetError, match="crack/rgb/001.png"):
         m3d(root, load_xyz=True).setup("test")
     m3d(root).setup("test")  # without the option the point maps are not needed
+
+
+def test_rgb_only_copy_in_mvtec_layout(tmp_path):
+    root = make_mvtec(tmp_path, categories=("bagel",))
+    dm = m3d(root)
+    dm.setup()
+    assert len(dm.train_dataset) == 3 and len(dm.test_dataset) == 5
+    with pytest.raises(DatasetError, match="RGB-only copy"):
+        m3d(root, load_xyz=True).setup("test")

@@ -6,7 +6,7 @@ import pytest
 
 from anomaly_zoo.data.errors import DatasetError
 from anomaly_zoo.data.ped2 import Ped2
-from tests.data.layouts import box, make_ped2, one_batch
+from tests.data.layouts import box, make_mvtec, make_ped2, one_batch
 
 
 def ped2(root, **kwargs):
@@ -16,7 +16,7 @@ def ped2(root, **kwargs):
 def test_frames_labels_and_masks(tmp_path):
     dm = ped2(make_ped2(tmp_path))
     dm.setup()
-    assert dm.categories == ["ped2"]
+    assert dm.categories == ["pedestrian"]
     assert len(dm.train_dataset) == 6  # the ._001.tif AppleDouble files are skipped
     assert len(dm.test_dataset) == 6 and {s.defect_type for s in dm.test_dataset.samples} == {
         "Test001",
@@ -37,3 +37,10 @@ def test_missing_gt_frame(tmp_path):
     (root / "Test/Test002_gt/003.bmp").unlink()
     with pytest.raises(DatasetError, match="Test002/003.tif"):
         ped2(root).setup("test")
+
+
+def test_anomalymoe_mvtec_layout_copy(tmp_path):
+    root = make_mvtec(tmp_path, categories=("pedestrian",), defects={"bad": 2}, mask_suffix="")
+    dm = ped2(root)
+    dm.setup()
+    assert len(dm.train_dataset) == 3 and sorted(s.label for s in dm.test_dataset.samples) == [0, 0, 1, 1]
