@@ -129,7 +129,7 @@ class AnomalyMetrics(Metric):
                 self.image[i].update(take(scores.reshape(-1)), take(labels), idx)
             if maps is not None:
                 self.pixel[i].update(take(maps), take(masks), idx)
-            if "spro_split" in batch:  # MVTec LOCO (data/loco_defects.py)
+            if "spro_split" in batch or str(i) in self.loco:  # MVTec LOCO (data/loco_defects.py)
                 keys = [batch.get(k) for k in ("spro_regions", "spro_saturation", "spro_split")]
                 self._loco(i, labels.device).update(
                     None if maps is None else take(maps),

@@ -51,29 +51,41 @@ class LOCOMetrics(Metric):
         self.spro = SPRO(fpr_limit=fpr_limit, mode=mode, num_bins=num_bins, splits=self.splits, **kwargs)
         # Image AUROC of one split: its anomalous images against every good image.
         self.image = torch.nn.ModuleList(ImageMetrics(**kwargs) for _ in self.splits)
+        # dataset index -> split code of the images this process saw (local: scores sent later belong to
+        # the same process's images).
+        self._split_of: dict[int, int] = {}
 
     def update(
         self,
         anomaly_map: Tensor | None,
         pred_score: Tensor | None,
         label: Tensor,
-        regions: Tensor,
-        saturation: Tensor,
-        split: Tensor,
+        regions: Tensor | None,
+        saturation: Tensor | None,
+        split: Tensor | None,
         index: Tensor | None = None,
     ) -> None:
-        """Either of ``anomaly_map`` / ``pred_score`` may be ``None`` (set-level protocols send them apart)."""
-        split = torch.as_tensor(split).reshape(-1)
-        if anomaly_map is not None:
+        """Either of ``anomaly_map`` / ``pred_score`` may be ``None``: set-level protocols stream the maps
+        per batch (with the sPRO keys) and send the scores at epoch end with only ``label`` and ``index``;
+        then each image's split is the one recorded for its ``index`` when its map came."""
+        idx = None if index is None else torch.as_tensor(index).reshape(-1).cpu()
+        if split is not None:
+            split = torch.as_tensor(split).reshape(-1).cpu()
+            if idx is not None:
+                self._split_of.update(zip(idx.tolist(), split.tolist()))
+        if anomaly_map is not None and regions is not None and split is not None:
             self.spro.update(anomaly_map, regions, saturation, split.to(anomaly_map.device), index)
         if pred_score is None:
             return
-        split = split.to(pred_score.device)
+        if split is None:
+            if idx is None or any(i not in self._split_of for i in idx.tolist()):
+                return  # no split known for these images: their per-split image AUROC cannot be formed
+            split = torch.tensor([self._split_of[i] for i in idx.tolist()])
         scores, labels = pred_score.reshape(-1), label.reshape(-1).to(pred_score.device)
+        split = split.to(pred_score.device)
         for code, metric in enumerate(self.image, start=1):
             pick = ((split == 0) | (split == code)).nonzero().flatten()
-            idx = None if index is None else torch.as_tensor(index, device=pick.device).reshape(-1)[pick]
-            metric.update(scores[pick], labels[pick], idx)
+            metric.update(scores[pick], labels[pick], None if idx is None else idx.to(pick.device)[pick])
 
     def compute(self) -> dict[str, float]:
         spro = {k: float(v) for k, v in self.spro.compute().items()}
@@ -86,6 +98,7 @@ class LOCOMetrics(Metric):
 
     def reset(self) -> None:
         super().reset()
+        self._split_of = {}
         self.spro.reset()
         for metric in self.image:
             metric.reset()

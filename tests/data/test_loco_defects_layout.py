@@ -106,3 +106,22 @@ def test_results_table_reports_spro_per_split(tmp_path, mode):
     assert table.loc["mean", "I-AUROC-struct"] == pytest.approx(100.0)
     assert table.loc["mean", "I-AUROC-logic"] == pytest.approx(50.0)
     assert "sPRO bound" in metrics.details.columns
+
+
+def test_set_level_protocol_scores_at_epoch_end(tmp_path):
+    # MoECLIP's protocol: maps stream per batch (with the sPRO keys), scores come at the end with only
+    # label / index / category; the per-split image AUROC must equal the one-pass result.
+    dm = loco(make_loco_with_config(tmp_path, n_anomalous=2), category="pushpins")
+    dm.setup("test")
+    batch = one_batch(dm.test_dataset)
+    maps = torch.rand(batch["mask"].shape, generator=torch.Generator().manual_seed(0))
+    scores = torch.rand(len(maps), generator=torch.Generator().manual_seed(1)).double()
+    one_pass = AnomalyMetrics(dm.categories, pixel_mode="exact")
+    one_pass.update({"anomaly_map": maps, "pred_score": scores}, batch)
+    split_pass = AnomalyMetrics(dm.categories, pixel_mode="exact")
+    split_pass.update({"anomaly_map": maps}, batch)
+    late = {k: batch[k] for k in ("label", "index", "category")}
+    split_pass.update({"pred_score": scores}, late)
+    expected, got = one_pass.compute(), split_pass.compute()
+    for column in ("sPRO", "I-AUROC-struct", "I-AUROC-logic", "I-AUROC"):
+        assert got.loc["pushpins", column] == pytest.approx(expected.loc["pushpins", column])
