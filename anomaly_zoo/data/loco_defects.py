@@ -36,9 +36,19 @@ from anomaly_zoo.data.dataset import AnomalyDataset
 from anomaly_zoo.data.errors import DatasetError
 from anomaly_zoo.metrics.spro import LOCO_SPLITS, MAX_DEFECTS, pack_defect_regions
 
-__all__ = ["DefectSpec", "LOCODefectsDataset", "load_defects_config", "saturation_area"]
+__all__ = [
+    "SPRO_KEYS",
+    "DefectSpec",
+    "LOCODefectsDataset",
+    "load_defects_config",
+    "pack_spro_item",
+    "saturation_area",
+    "unpack_spro_items",
+]
 
 CONFIG_NAME = "defects_config.json"
+#: The batch keys this module adds (see the module docstring).
+SPRO_KEYS = ("spro_regions", "spro_saturation", "spro_split")
 _KEYS = ("defect_name", "pixel_value", "saturation_threshold", "relative_saturation")
 
 
@@ -175,3 +185,45 @@ class LOCODefectsDataset(AnomalyDataset):
         item["spro_saturation"] = torch.as_tensor(saturation, dtype=torch.float64)
         item["spro_split"] = torch.tensor(codes.get(sample.defect_type, 0) if sample.label else 0)
         return item
+
+
+def pack_spro_item(batch: dict, i: int) -> tuple[np.ndarray, tuple[int, int], np.ndarray, int] | None:
+    """Image ``i``'s sPRO keys in a compact form to keep until epoch end (set-level protocols keep masks
+    the same way): one packed bit plane per defect, the used saturation slots and the split code.
+    ``None`` when the batch carries no sPRO keys."""
+    if any(k not in batch for k in SPRO_KEYS):
+        return None
+    regions = (
+        torch.as_tensor(batch["spro_regions"][i]).reshape(-1, *batch["spro_regions"].shape[-2:])[0].cpu()
+    )
+    n = int(regions.max()).bit_length() if regions.numel() else 0
+    planes = (
+        np.stack([((regions >> k) & 1).numpy().astype(bool) for k in range(n)]) if n else np.zeros((0,), bool)
+    )
+    saturation = torch.as_tensor(batch["spro_saturation"][i]).reshape(-1)[:n].double().cpu().numpy()
+    return (
+        np.packbits(planes, axis=None),
+        tuple(regions.shape),
+        saturation,
+        int(batch["spro_split"].reshape(-1)[i]),
+    )
+
+
+def unpack_spro_items(
+    items: list[tuple[np.ndarray, tuple[int, int], np.ndarray, int]],
+) -> dict[str, torch.Tensor]:
+    """The batch keys of several :func:`pack_spro_item` results (all of one mask size)."""
+    regions, saturation, split = [], [], []
+    for packed, (h, w), sat, code in items:
+        n = sat.shape[0]
+        planes = np.unpackbits(packed, count=n * h * w).reshape(n, h, w) if n else np.zeros((0, h, w), bool)
+        regions.append(pack_defect_regions(planes.astype(bool)).reshape(1, h, w))
+        full = np.zeros(MAX_DEFECTS, dtype=np.float64)
+        full[:n] = sat
+        saturation.append(torch.from_numpy(full))
+        split.append(code)
+    return {
+        "spro_regions": torch.stack(regions),
+        "spro_saturation": torch.stack(saturation),
+        "spro_split": torch.tensor(split),
+    }

@@ -125,3 +125,17 @@ def test_set_level_protocol_scores_at_epoch_end(tmp_path):
     expected, got = one_pass.compute(), split_pass.compute()
     for column in ("sPRO", "I-AUROC-struct", "I-AUROC-logic", "I-AUROC"):
         assert got.loc["pushpins", column] == pytest.approx(expected.loc["pushpins", column])
+
+
+def test_spro_keys_pack_for_set_level_buffers(tmp_path):
+    from anomaly_zoo.data.loco_defects import pack_spro_item, unpack_spro_items
+
+    dm = loco(make_loco_with_config(tmp_path, n_anomalous=3), category="pushpins")
+    dm.setup("test")
+    batch = one_batch(dm.test_dataset)
+    items = [pack_spro_item(batch, i) for i in range(len(batch["path"]))]
+    assert sum(item[0].nbytes for item in items) < batch["spro_regions"].numel()  # far below 8 B / pixel
+    restored = unpack_spro_items(items)
+    for key in ("spro_regions", "spro_saturation", "spro_split"):
+        assert torch.equal(restored[key], batch[key]), key
+    assert pack_spro_item({"label": batch["label"]}, 0) is None
