@@ -139,3 +139,29 @@ def test_spro_keys_pack_for_set_level_buffers(tmp_path):
     for key in ("spro_regions", "spro_saturation", "spro_split"):
         assert torch.equal(restored[key], batch[key]), key
     assert pack_spro_item({"label": batch["label"]}, 0) is None
+
+
+def test_deferred_maps_through_the_set_level_buffer(tmp_path):
+    # AnomalyMoE's protocol: nothing reaches the metrics per batch; the buffer keeps the masks and the
+    # sPRO keys, and hands both back with the maps at epoch end.
+    from anomaly_zoo.models.components.set_level import SetLevelBuffer
+
+    dm = loco(make_loco_with_config(tmp_path, n_anomalous=2), category="pushpins")
+    dm.setup("test")
+    batch = one_batch(dm.test_dataset)
+    maps = torch.rand(batch["mask"].shape, generator=torch.Generator().manual_seed(2))
+    scores = maps.flatten(1).amax(1).double()
+    one_pass = AnomalyMetrics(dm.categories, pixel_mode="exact")
+    one_pass.update({"anomaly_map": maps, "pred_score": scores}, batch)
+    buffer = SetLevelBuffer(dm.categories, (), keep_masks=True)
+    buffer.add({"row": torch.arange(len(maps))}, batch)
+    deferred = AnomalyMetrics(dm.categories, pixel_mode="exact")
+
+    def finish_set(stats, ranges):
+        rows = stats["row"]
+        return {"pred_score": scores[rows], "anomaly_map": maps[rows]}
+
+    buffer.finish(finish_set, deferred.update)
+    expected, got = one_pass.compute(), deferred.compute()
+    for column in ("sPRO", "sPRO-struct", "sPRO-logic", "I-AUROC-struct", "AUPRO"):
+        assert got.loc["pushpins", column] == pytest.approx(expected.loc["pushpins", column])

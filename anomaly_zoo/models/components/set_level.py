@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from anomaly_zoo.data.loco_defects import pack_spro_item, unpack_spro_items
+
 __all__ = ["SetLevelBuffer"]
 
 
@@ -29,6 +31,7 @@ class _CategoryStore:
     index: list[Tensor] = field(default_factory=list)
     masks: list[np.ndarray] = field(default_factory=list)  # packed bits, one array per image
     mask_shapes: list[tuple[int, int]] = field(default_factory=list)
+    spro: list[Any] = field(default_factory=list)  # MVTec LOCO sPRO keys, packed (data/loco_defects.py)
 
     def __len__(self) -> int:
         return sum(len(x) for x in self.labels)
@@ -77,6 +80,7 @@ class SetLevelBuffer:
                     mask = masks[i].reshape(masks.shape[-2:]).numpy() > 0
                     store.masks.append(np.packbits(mask, axis=None))
                     store.mask_shapes.append(tuple(mask.shape))
+                    store.spro.append(pack_spro_item(batch, i))
 
     def ranges(self, device: torch.device | None = None) -> dict[str, dict[str, tuple[Tensor, Tensor]]]:
         """``{category: {name: (min, max)}}`` over every element of every image of the category, all ranks."""
@@ -138,6 +142,8 @@ class SetLevelBuffer:
                     if out.get("anomaly_map") is None:
                         raise RuntimeError("finish_set must return anomaly_map: it was not given per batch.")
                     batch["mask"] = self._unpack(store, rows)
+                    if store.spro and store.spro[0] is not None:
+                        batch.update(unpack_spro_items(store.spro[rows]))
                     output["anomaly_map"] = out["anomaly_map"]
                 if device is not None:
                     batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
