@@ -50,7 +50,11 @@ def _open(path: str | Path) -> Image.Image:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """An (H, W, 3) uint8 RGB array; grayscale, palette, 16-bit and RGBA inputs become 3-channel RGB."""
+    """An (H, W, 3) uint8 RGB array; grayscale, palette, 16-bit and RGBA inputs become 3-channel RGB.
+
+    Transparent pixels are composited onto white, as image viewers and browsers show them (onto black
+    they would look darker than the user sees them); opaque RGBA images keep their colours exactly.
+    """
     image = _open(path)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # One fixed scale for every image (never per-image max): intensity anomalies must stay visible.
@@ -59,7 +63,7 @@ def read_image(path: str | Path) -> np.ndarray:
         return np.repeat(array[..., None], 3, axis=2)
     if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image)
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
