@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default=None, help="output file (default: beside the checkpoint, <name>.onnx|.pt)")
     parser.add_argument("--image_size", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="input size (default: the size the model was fitted at, from the checkpoint)")
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="fix the batch size (default: dynamic); for models that build batch-sized constants")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |Δ| of maps and scores")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--onnx_exporter", default="auto", choices=ONNX_EXPORTERS,
@@ -49,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model = load_model(ckpt)
         result = export_model(model, args.export_format, output, image_size=args.image_size,
-                              tolerance=args.tolerance, opset=args.opset, onnx_exporter=args.onnx_exporter)
+                              tolerance=args.tolerance, opset=args.opset, onnx_exporter=args.onnx_exporter,
+                              batch_size=args.batch_size)
     except (ExportError, DatasetError) as err:
         sys.stderr.write(f"error: {err}\n")
         return 1

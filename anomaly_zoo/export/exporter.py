@@ -64,11 +64,14 @@ def export_model(
     opset: int | None = None,
     parity_batch: int = 3,
     onnx_exporter: str = "auto",
+    batch_size: int | None = None,
 ) -> ExportResult:
     """Export ``model`` (an AnomalyModule, eval mode) and check the written file against it.
 
-    The graph is traced at batch 2 and checked at ``parity_batch`` fresh images (so a baked-in batch size
-    or a traced constant shows up as a parity failure). Raises :class:`ExportError` when the model says
+    With ``batch_size=None`` the batch axis is dynamic: the graph is traced at batch 2 and checked at
+    ``parity_batch`` fresh images (so a baked-in batch size or a traced constant shows up as a parity
+    failure). An int fixes the batch size (traced and checked at it), for models whose Python builds
+    batch-sized constants (e.g. per-image text prompts). Raises :class:`ExportError` when the model says
     it cannot be exported or the parity exceeds ``tolerance``.
     """
     if export_format not in EXPORT_FORMATS:
@@ -83,18 +86,26 @@ def export_model(
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = InferenceGraph(model).eval()
     # Traced at batch 2: torch.export specialises a dimension of size 1 to a constant.
-    example = example_images(model.preprocessing, _input_shape(model, image_size, 2), seed=0)
+    trace_batch, parity_batch = (2, parity_batch) if batch_size is None else (batch_size, batch_size)
+    example = example_images(model.preprocessing, _input_shape(model, image_size, trace_batch), seed=0)
     check = example_images(model.preprocessing, _input_shape(model, image_size, parity_batch), seed=1)
-    metadata = export_metadata(model, graph, tuple(example.shape))
-    with torch.inference_mode():
+    metadata = export_metadata(model, graph, tuple(example.shape), dynamic_batch=batch_size is None)
+    # no_grad, not inference_mode: tensors a model caches here (e.g. text embeddings) must stay usable by the
+    # tracers, which refuse inference tensors.
+    with torch.no_grad():
         reference = [t.numpy() for t in graph(check)]
     # Lightning's `trainer` property raises outside a Trainer; tracers probe every attribute of the module.
     scripting, model._jit_is_scripting = model._jit_is_scripting, True
+    # nn.MultiheadAttention's fused inference kernel has no ONNX counterpart: export the plain ops.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    graph.exporting = True
     try:
         if export_format == "onnx":
             from anomaly_zoo.export.to_onnx import export_onnx, run_onnx
 
-            exporter = export_onnx(graph, example, path, metadata_json(metadata), opset, onnx_exporter)
+            exporter = export_onnx(graph, example, path, metadata_json(metadata), opset, onnx_exporter,
+                                   dynamic_batch=batch_size is None)
             exported = run_onnx(path, check)
         else:
             from anomaly_zoo.export.to_torchscript import export_torchscript, run_torchscript
@@ -103,6 +114,8 @@ def export_model(
             exported = run_torchscript(path, check)
     finally:
         model._jit_is_scripting = scripting
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+        graph.exporting = False
     map_diff = float(np.abs(exported[0] - reference[0]).max())
     score_diff = float(np.abs(exported[1].reshape(-1) - reference[1].reshape(-1)).max())
     metadata["parity"] = {"batch": parity_batch, "max_abs_map_diff": map_diff, "max_abs_score_diff": score_diff,

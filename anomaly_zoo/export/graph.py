@@ -16,8 +16,8 @@ __all__ = ["InferenceGraph", "export_metadata"]
 class InferenceGraph(nn.Module):
     """``forward(images (N,3,H,W) float32, preprocessed) -> (anomaly_map (N,1,H',W'), pred_score (N,))``.
 
-    Wraps an :class:`~anomaly_zoo.models.base.AnomalyModule`'s ``predict_anomaly`` (any model, present or
-    future); when the checkpoint's thresholds say ``normalize``, the [0, 1] mapping (0.5 = threshold) is
+    Wraps an :class:`~anomaly_zoo.models.base.AnomalyModule`'s ``export_anomaly`` (``predict_anomaly`` unless
+    the model gives a static-graph equivalent; any model, present or future); when the checkpoint's thresholds say ``normalize``, the [0, 1] mapping (0.5 = threshold) is
     applied inside the graph, so an exported model reports exactly what ``predict`` reports.
     """
 
@@ -29,9 +29,12 @@ class InferenceGraph(nn.Module):
         if self.normalize and thresholds is None:
             raise ValueError("normalize=True needs calibrated thresholds in the checkpoint (fit stores them).")
         self.thresholds = thresholds
+        #: True while tracing: the model's ``export_anomaly``; False: ``predict_anomaly`` (the parity reference).
+        self.exporting = False
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        output = self.model.predict_anomaly(images)
+        infer = self.model.export_anomaly if self.exporting else self.model.predict_anomaly
+        output = infer(images)
         anomaly_map, pred_score = output["anomaly_map"].float(), output["pred_score"].float()
         if self.normalize:
             anomaly_map = self.thresholds.normalized_map(anomaly_map)
@@ -39,7 +42,8 @@ class InferenceGraph(nn.Module):
         return anomaly_map, pred_score
 
 
-def export_metadata(model: nn.Module, graph: InferenceGraph, input_shape: tuple[int, ...]) -> dict[str, Any]:
+def export_metadata(model: nn.Module, graph: InferenceGraph, input_shape: tuple[int, ...],
+                    dynamic_batch: bool = True) -> dict[str, Any]:
     """What a runtime needs beside the graph: input format, outputs, thresholds in the outputs' unit."""
     thresholds = getattr(model, "thresholds", None)
     preprocessing = getattr(model, "preprocessing", None)
@@ -51,7 +55,7 @@ def export_metadata(model: nn.Module, graph: InferenceGraph, input_shape: tuple[
     return {
         "producer": "anomaly-zoo",
         "model": getattr(type(model), "registry_name", type(model).__name__),
-        "input": {"name": "images", "shape": ["N", *input_shape[1:]], "dtype": "float32",
+        "input": {"name": "images", "shape": ["N" if dynamic_batch else input_shape[0], *input_shape[1:]], "dtype": "float32",
                   "preprocessing": preprocessing, "description": describe_preprocessing(preprocessing)},
         "outputs": {"anomaly_map": "float32 (N, 1, H, W), higher = more anomalous",
                     "pred_score": "float32 (N,), the image score"},

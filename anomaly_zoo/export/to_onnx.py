@@ -28,7 +28,7 @@ ONNX_EXPORTERS = ("auto", "dynamo", "tracing")
 
 
 def export_onnx(graph: torch.nn.Module, example: torch.Tensor, path: Path, metadata: str, opset: int | None,
-                exporter: str = "auto") -> str:
+                exporter: str = "auto", dynamic_batch: bool = True) -> str:
     """Write ``path``; returns which exporter produced it. Metadata goes into the model's ``metadata_props``.
 
     ``exporter``: ``dynamo`` (torch.export-based), ``tracing`` (TorchScript-based, older but handles
@@ -48,7 +48,8 @@ def export_onnx(graph: torch.nn.Module, example: torch.Tensor, path: Path, metad
         batch = torch.export.Dim("batch", min=1, max=1024)
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(graph, (example,), dynamo=True, dynamic_shapes=({0: batch},),
+            program = torch.onnx.export(graph, (example,), dynamo=True,
+                                        dynamic_shapes=({0: batch},) if dynamic_batch else None,
                                         opset_version=opset, external_data=False, **names)
         program.save(str(path), external_data=False)
         exporter = "torch.onnx dynamo exporter"
@@ -58,9 +59,9 @@ def export_onnx(graph: torch.nn.Module, example: torch.Tensor, path: Path, metad
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
+                axes = {"images": {0: "batch"}, "anomaly_map": {0: "batch"}, "pred_score": {0: "batch"}}
                 torch.onnx.export(graph, (example,), str(path), dynamo=False, opset_version=opset or 17,
-                                  dynamic_axes={"images": {0: "batch"}, "anomaly_map": {0: "batch"},
-                                                "pred_score": {0: "batch"}}, **names)
+                                  dynamic_axes=axes if dynamic_batch else None, **names)
         except Exception as err:
             raise RuntimeError(f"ONNX export failed (dynamo: {dynamo_error}; TorchScript-based: {err})") from err
         exporter = "torch.onnx TorchScript-based exporter"

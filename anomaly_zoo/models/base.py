@@ -105,6 +105,12 @@ class AnomalyModule(pl.LightningModule):
         """Appended to the results caption: say here when a transductive protocol ran."""
         return ""
 
+    def export_anomaly(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What exporters trace; default ``predict_anomaly``. Override with a static-graph equivalent when the
+        per-image path branches on data (e.g. run every expert densely, weighted by the router, instead of
+        only the selected ones): the parity check compares the export with ``predict_anomaly``."""
+        return self.predict_anomaly(images)
+
     def export_limitations(self, export_format: str) -> str | None:
         """Why this model cannot be exported to ``export_format`` (``onnx`` | ``torchscript``); None = it can.
 
