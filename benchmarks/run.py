@@ -26,7 +26,7 @@ if str(HERE.parent) not in sys.path:  # `python benchmarks/run.py` as well as `p
     sys.path.insert(0, str(HERE.parent))
 
 from benchmarks.suite.report import write_reports  # noqa: E402
-from benchmarks.suite.runner import DEFAULT_RUNS_DIR, Record, Runner  # noqa: E402
+from benchmarks.suite.runner import DEFAULT_RUNS_DIR, Record, Runner, stop_children_on_sigterm  # noqa: E402
 from benchmarks.suite.spec import DEFAULT_SUITE, load_suite, skip_reason  # noqa: E402
 
 QUICK_ARGS = {"bench_metrics.py": ["--quick"], "bench_uniad.py": ["--repeats", "2", "--configs", "demo"]}
@@ -68,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    stop_children_on_sigterm()
     if args.micro:
         return run_micro(args.quick, args.output_dir)
     suites = load_suite(args.suite)
@@ -85,20 +86,27 @@ def main(argv: list[str] | None = None) -> int:
                      "reused" if not args.force and runner.previous(e) else "to run")
             print(f"{e.id:45s} {'' if e.matches(args.only) else '(not selected) '}{state}")
         return 0
-    ran = {r.id: r for r in runner.run_all(selected)}
-    records: list[Record] = []
-    for e in entries:  # unselected entries keep their latest finished run in the tables
-        if e.id in ran:
-            records.append(ran[e.id])
-            continue
-        reason = skip_reason(e, runner.data_root, runner.has_gpu, runner.allow_cpu)
-        old = None if reason else runner.previous(e)
-        records.append(old or Record(id=e.id, suite=e.suite, model=e.model, dataset=e.dataset, seed=e.seed,
-                                     config=e.config, status="skipped", reason=reason or "not run yet (not selected)"))
     output_dir = args.output_dir or HERE / "results"
-    written = write_reports(records, suites, output_dir)
+    selected_ids = {e.id for e in selected}
+
+    def tabulate(done: list[Record]) -> list[Path]:
+        ran = {r.id: r for r in done}
+        records: list[Record] = []
+        for e in entries:  # entries not (yet) run here keep their latest finished run in the tables
+            if e.id in ran:
+                records.append(ran[e.id])
+                continue
+            reason = skip_reason(e, runner.data_root, runner.has_gpu, runner.allow_cpu)
+            old = None if reason else runner.previous(e)
+            waiting = "not run yet" + ("" if e.id in selected_ids else " (not selected)")
+            records.append(old or Record(id=e.id, suite=e.suite, model=e.model, dataset=e.dataset, seed=e.seed,
+                                         config=e.config, status="skipped", reason=reason or waiting))
+        return write_reports(records, suites, output_dir)
+
+    done = runner.run_all(selected, on_record=tabulate)
+    written = tabulate(done)
     print(f"tables and plots written to {output_dir} ({len(written)} files + plots/)")
-    return 1 if any(r.status == "failed" for r in ran.values()) else 0
+    return 1 if any(r.status == "failed" for r in done) else 0
 
 
 if __name__ == "__main__":

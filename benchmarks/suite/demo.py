@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.suite.runner import Runner, format_duration
+from benchmarks.suite.runner import Runner, format_duration, stop_children_on_sigterm
 from benchmarks.suite.spec import DEFAULT_SUITE, ROOT, load_suite
 from benchmarks.suite.tables import HEADLINE, run_stats
 
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", type=Path, default=DEFAULT_SUITE)
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "results" / "demo")
     args = parser.parse_args(argv)
+    stop_children_on_sigterm()
     synthetic = next((s for s in load_suite(args.suite) if s.name == SYNTHETIC), None)
     if synthetic is None or not synthetic.entries:
         print(f"error: {args.suite} has no '{SYNTHETIC}' suite", file=sys.stderr)

@@ -39,6 +39,12 @@ def _curve_links(records: list[Record], suite: str, model: str, dataset: str, pl
     return f"\n![ROC and PRO curves of {model} on {dataset}]({rel}/{png.name})\n" if png else ""
 
 
+def _entry_notes(suites: list[Suite], suite_name: str) -> str:
+    """The suite's per-entry notes (``note:`` in suite.yaml) as a Markdown list, one per model."""
+    notes = {e.model: e.note for s in suites if s.name == suite_name for e in s.entries if e.note}
+    return "".join(f"\n- `{model}`: {note}" for model, note in notes.items()) + ("\n" if notes else "")
+
+
 def write_reports(records: list[Record], suites: list[Suite], output_dir: Path) -> list[Path]:
     """Write every table and plot; returns the written paths."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -64,10 +70,11 @@ def write_reports(records: list[Record], suites: list[Suite], output_dir: Path) 
     bar = comparison_png(synthetic, tables.HEADLINE, plots / "synthetic_comparison.png",
                          "Synthetic data: every model's demo config") if not synthetic.empty else None
     suite_titles = {s.name: s.title for s in suites}
+    notes = _entry_notes(suites, SYNTHETIC)
     body = [f"# Synthetic suite\n\n{header}\n{suite_titles.get(SYNTHETIC, '')}. Values in %, mean ± sample std over "
             "the seeds that ran (each seed is a separate `fit` + `test`); train time is the whole `fit` call, "
             "ms/image the model's inference alone (see speed.md).\n",
-            tables.summary_markdown(synthetic, columns)]
+            tables.summary_markdown(synthetic, columns) + notes]
     if bar:
         body.append(f"\n![synthetic comparison](plots/{bar.name})\n")
     for _, row in synthetic.iterrows():
@@ -131,7 +138,9 @@ def write_reports(records: list[Record], suites: list[Suite], output_dir: Path) 
         "- **train img/s**: training images over the time of `training_step` + backward + optimiser step "
         "(data loading excluded);",
         "- **backbone ms/image**: time inside the frozen modules' forward (the outermost `FrozenModule`s, listed "
-        "in the last column) during `test`, and the **ratio** of inference to it (the floor is 1×);",
+        "in the last column) during `test`; a frozen tower that the model runs block by block with adapters in "
+        "between (MoECLIP's CLIP) is never called whole, so its plain `visual` tower is timed in a separate pass "
+        "on the same batches (not counted in the test loop). The **ratio** is inference over it (the floor is 1×);",
         "- **peak RSS**: the run's process over fit and test; **CUDA max allocated** on GPU only;",
         "- **evaluation share**: `AnomalyMetrics.update` + `compute` over the whole test loop (data loading and "
         "map resizing included).\n",
@@ -140,7 +149,7 @@ def write_reports(records: list[Record], suites: list[Suite], output_dir: Path) 
 
     # ---- index ----
     status_lines = [f"- `{r.id}`: **{r.status}** — {r.reason}" for r in records if r.status in ("failed", "skipped")]
-    headline = tables.summary_markdown(synthetic, list(tables.HEADLINE)) if not synthetic.empty else ""
+    headline = (tables.summary_markdown(synthetic, list(tables.HEADLINE)) + notes) if not synthetic.empty else ""
     write("README.md", "\n".join([
         f"# Benchmark results\n\n{header}",
         "Regenerate with `make benchmark` (all suites; finished runs with the same config, seed and code are reused, "

@@ -11,9 +11,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,16 @@ class Record:
             return None
         found = sorted(Path(self.run_dir).rglob("test_results.csv"))
         return pd.read_csv(found[-1], index_col=0) if found else None
+
+
+def stop_children_on_sigterm() -> None:
+    """``kill <runner pid>`` ends the running entry too: SIGTERM becomes KeyboardInterrupt, on which
+    ``subprocess.run`` kills its child (otherwise the worker would keep training as an orphan)."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def format_duration(seconds: float) -> str:
@@ -184,8 +196,12 @@ class Runner:
         return record
 
     # ---- a whole selection ----------------------------------------------------------------------
-    def run_all(self, entries: list[Entry]) -> list[Record]:
-        """Run every entry in order, printing progress (entry, elapsed, ETA) and a summary at the end."""
+    def run_all(self, entries: list[Entry], on_record: Callable[[list[Record]], None] | None = None) -> list[Record]:
+        """Run every entry in order, printing progress (entry, elapsed, ETA) and a summary at the end.
+
+        ``on_record(records so far)`` is called after each entry that ran (e.g. to rewrite the tables, so an
+        interrupted suite leaves its finished entries tabulated).
+        """
         start = time.perf_counter()
         records: list[Record] = []
         durations: dict[str, list[float]] = {}
@@ -208,6 +224,8 @@ class Runner:
                       "failed": f"FAILED: {record.reason}", "skipped": f"skipped: {record.reason}"}[record.status]
             self.say(f"[{i}/{len(entries)}] {entry.id}: {detail} | elapsed {format_duration(elapsed)}"
                      + (f", ETA {eta}" if pending else ""))
+            if on_record is not None and record.status in ("ok", "failed"):
+                on_record(records)
         self.say(summary(records, time.perf_counter() - start))
         return records
 

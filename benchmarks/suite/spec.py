@@ -36,6 +36,7 @@ class Entry:
     device: str = "any"  # "any" | "gpu": gpu entries are skipped on CPU-only machines unless allowed
     expected: str | None = None  # expected run time, for the documentation of the dataset suites
     demo: bool = False
+    note: str | None = None  # shown under the tables (e.g. a protocol that differs from the other rows)
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -79,7 +80,7 @@ def load_suite(path: str | Path = DEFAULT_SUITE) -> list[Suite]:
         entries = []
         for raw in body.get("entries") or []:
             unknown = set(raw) - {"model", "config", "dataset", "args", "roots", "setting", "device", "expected",
-                                  "seeds", "demo"}
+                                  "seeds", "demo", "note"}
             if unknown or "model" not in raw or "config" not in raw:
                 raise SystemExit(f"error: {path}: suite '{suite_name}' entry {raw!r} needs `model` and `config`"
                                  + (f"; unknown keys {sorted(unknown)}" if unknown else ""))
@@ -96,6 +97,7 @@ def load_suite(path: str | Path = DEFAULT_SUITE) -> list[Suite]:
                     device=str(raw.get("device", body.get("device", "any"))),
                     expected=raw.get("expected", body.get("expected")),
                     demo=bool(raw.get("demo", False)),
+                    note=raw.get("note"),
                 ))
         suites.append(Suite(suite_name, str(body.get("title", suite_name)), entries))
     return suites

@@ -71,6 +71,7 @@ def run_stats(records: list[Record]) -> pd.DataFrame:
             "device": p.get("device"),
             "torch threads": p.get("torch_threads"),
             "backbone modules": ", ".join(p.get("backbone_modules") or []),
+            "backbone timing": p.get("backbone_error") or p.get("backbone_method") or "",
             "run time (s)": r.duration_s,
         })
     return pd.DataFrame(rows)
@@ -224,6 +225,7 @@ def speed_frame(records: list[Record], suite: str) -> pd.DataFrame:
     out = grouped[numeric].median()
     out["runs"] = grouped.size()
     out["backbone modules"] = grouped["backbone modules"].first()
+    out["backbone timing"] = grouped["backbone timing"].first()
     out["device"] = grouped["device"].first()
     out["torch threads"] = grouped["torch threads"].first()
     return out.reset_index()
@@ -243,6 +245,8 @@ def speed_markdown(speed: pd.DataFrame) -> str:
             v = row.get(c, np.nan)
             text = "–" if pd.isna(v) else f"{v:.{digits[c]}f}"
             cells.append(text + ("×" if c == "ratio to backbone" and text != "–" else ""))
-        cells.append(str(row.get("backbone modules") or "–"))
+        timing = row.get("backbone timing") or ""
+        cells.append(str(row.get("backbone modules") or "–")
+                     + (f" ({timing})" if timing and timing != "forward hooks" else ""))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
