@@ -145,6 +145,24 @@ class Runner:
         record.status = "reused"
         return record
 
+    def latest(self, entry: Entry) -> Record | None:
+        """The newest finished run of this entry under any key (e.g. an older code version), marked as such."""
+        folder = self.runs_dir / entry.suite / entry.model
+        found = []
+        for path in folder.glob(f"seed{entry.seed}-*/record.json"):
+            record = Record(**json.loads(path.read_text(encoding="utf-8")))
+            if record.status == "ok" and record.id == entry.id and record.config == entry.config \
+                    and record.results() is not None:
+                found.append(record)
+        if not found:
+            return None
+        record = max(found, key=lambda r: r.finished)
+        record.status = "reused"
+        if record.key != self.key(entry):
+            record.reason = (f"from an earlier run ({record.finished}, code {record.probe.get('code_version', '?')}); "
+                             "the code or config changed since")
+        return record
+
     def run(self, entry: Entry) -> Record:
         base = dict(id=entry.id, suite=entry.suite, model=entry.model, dataset=entry.dataset,
                     seed=entry.seed, config=entry.config)

@@ -99,6 +99,9 @@ def load_suite(path: str | Path = DEFAULT_SUITE) -> list[Suite]:
                     demo=bool(raw.get("demo", False)),
                     note=raw.get("note"),
                 ))
+        # Seed-major order: every model's first seed runs before any second seed, so a suite cut short still
+        # has every model in its tables.
+        entries.sort(key=lambda e: e.seed)
         suites.append(Suite(suite_name, str(body.get("title", suite_name)), entries))
     return suites
 

@@ -83,7 +83,10 @@ def _status_of(records: list[Record], name: str) -> tuple[str, str]:
     own = [r for r in records if f"{r.suite}/{r.model}/{r.dataset}" == name]
     if any(r.succeeded for r in own):
         failed = [r for r in own if r.status == "failed"]
-        return "ok", (f"{len(failed)} seed(s) failed: {failed[0].reason}" if failed else "")
+        stale = [r for r in own if r.succeeded and r.reason]
+        notes = ([f"{len(failed)} seed(s) failed: {failed[0].reason}"] if failed else []) + \
+            ([f"{len(stale)} seed(s) {stale[0].reason}"] if stale else [])
+        return "ok", "; ".join(notes)
     first = own[0]
     return first.status, first.reason
 
