@@ -37,7 +37,6 @@ saturation area of defect ``k`` in pixels at the mask's resolution (0 for unused
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -96,38 +95,46 @@ def spro_pixel_weights(maps: Tensor, regions: Tensor, saturation: Tensor) -> tup
             bit ``k`` occurs (a value below one pixel is saturated by the first pixel).
 
     Returns:
-        ``(defect (N, H, W) bool, weights (N, H, W) float64, n_defects (N,) int64)``: the union of the
-        defects, each pixel's summed weight over the defects covering it, and the defects per image.
+        ``(defect (N, H, W) bool, weights (D,) float64, n_defects (N,) int64)``: the union of the defects,
+        the summed weight over the defects covering each of its D pixels (in ``maps[defect]`` order:
+        image-major, row-major), and the number of defects per image.
     """
     n = maps.shape[0]
+    flat_reg = regions.reshape(n, -1)
     defect = regions != 0
-    weights = torch.zeros(maps.shape, dtype=torch.float64, device=maps.device)
     n_defects = torch.zeros(n, dtype=torch.int64, device=maps.device)
-    if not bool(defect.any()):
+    image, pixel = torch.nonzero(flat_reg, as_tuple=True)  # the D defect pixels, in boolean-mask order
+    weights = torch.zeros(image.numel(), dtype=torch.float64, device=maps.device)
+    if image.numel() == 0:
         return defect, weights, n_defects
-    top = int(regions.max()).bit_length()  # highest bit used in the batch
-    if bool((regions < 0).any()) or top > MAX_DEFECTS:
+    bits, scores = flat_reg[image, pixel], maps.reshape(n, -1)[image, pixel].double()
+    top = int(bits.max()).bit_length()  # highest bit used in the batch
+    if bool((bits < 0).any()) or top > MAX_DEFECTS:
         raise ValueError(f"regions must be non-negative bit masks of at most {MAX_DEFECTS} defects")
     if saturation.shape[1] < top:
         raise ValueError(
             f"regions use {top} defect bits but saturation has only {saturation.shape[1]} slots per image"
         )
-    flat_maps = maps.reshape(n, -1)
-    flat_w = weights.view(n, -1)
     for k in range(top):
-        inside = ((regions >> k) & 1).bool().reshape(n, -1)
-        for i in torch.nonzero(inside.any(1)).flatten().tolist():
-            sat = float(saturation[i, k])
-            if not sat > 0 or not math.isfinite(sat):
-                raise ValueError(f"image {i} of the batch has defect {k} but its saturation area is {sat}")
-            pos = torch.nonzero(inside[i]).flatten()
-            order = torch.argsort(flat_maps[i, pos].double(), descending=True, stable=True)
-            rank = torch.arange(pos.numel(), dtype=torch.float64, device=maps.device)
-            # min(tp, s)/s grows by clamp(s - r, 0, 1)/s when the r-th best pixel turns positive; ties share a
-            # threshold, so how ties are ordered does not change any operating point.
-            gain = (sat - rank).clamp_(0.0, 1.0) / sat
-            flat_w[i].index_add_(0, pos[order], gain)
-            n_defects[i] += 1
+        members = torch.nonzero((bits >> k) & 1).flatten()  # defect pixels inside defect k of their image
+        if members.numel() == 0:
+            continue
+        # Order by image, then by descending score (two stable sorts), and rank pixels within each image.
+        order = members[torch.argsort(scores[members], descending=True, stable=True)]
+        order = order[torch.argsort(image[order], stable=True)]
+        owner = image[order]
+        counts = torch.bincount(owner, minlength=n)
+        rank = torch.arange(order.numel(), device=maps.device) - (torch.cumsum(counts, 0) - counts)[owner]
+        sat = saturation[owner, k].to(torch.float64)
+        if not bool(((sat > 0) & torch.isfinite(sat)).all()):
+            bad = int(owner[~((sat > 0) & torch.isfinite(sat))][0])
+            raise ValueError(
+                f"image {bad} of the batch has defect {k} but its saturation area is {float(saturation[bad, k])}"
+            )
+        # min(tp, s)/s grows by clamp(s - r, 0, 1)/s when the r-th best pixel turns positive; ties share a
+        # threshold, so how ties are ordered does not change any operating point.
+        weights.index_add_(0, order, (sat - rank).clamp_(0.0, 1.0) / sat)
+        n_defects += counts > 0
     return defect, weights, n_defects
 
 
@@ -251,7 +258,7 @@ class SPRO(ListStateMetric):
                 raise ValueError(f"index has {idx.numel()} entries but the batch has {n} maps")
         self.maps.append(maps.reshape(-1))
         self.defect.append(defect.reshape(-1).to(torch.uint8))
-        self.weights.append(weights[defect])
+        self.weights.append(weights)
         self.shapes.append(torch.tensor([[h, w]], dtype=torch.int64, device=maps.device).expand(n, 2).clone())
         self.n_defects.append(n_defects)
         self.group.append(group)
@@ -285,7 +292,7 @@ class SPRO(ListStateMetric):
         counts = torch.bincount((row * b + idx).reshape(-1), minlength=3 * (len(self.splits) + 1) * b)
         counts = counts.view(-1, 3, b)
         self.hist[:, :2] += counts[:, :2]
-        fixed = torch.round(weights[defect] * PRO_WEIGHT_SCALE).to(torch.int64)
+        fixed = torch.round(weights * PRO_WEIGHT_SCALE).to(torch.int64)
         target = (3 * group[:, None, None] + 2).expand_as(idx)[defect] * b + idx[defect]
         self.hist.view(-1).index_add_(0, target, fixed)
         self.group_defects.index_add_(0, group, n_defects)
