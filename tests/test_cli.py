@@ -59,9 +59,11 @@ def test_unknown_data_fails_with_known_names():
 def test_missing_dataset_root_is_one_clear_line(tmp_path: Path):
     result = run_cli("fit", "--model", "feature_distance", "--model.pretrained", "false", "--data", "mvtec_ad",
                      "--data.root", str(tmp_path / "nowhere"), cwd=tmp_path)
-    assert result.returncode == 1
-    assert "error: MVTec AD root not found" in result.stderr or "error:" in result.stderr
-    assert str(tmp_path / "nowhere") in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    # the one line says what is missing, where, and which option to fix
+    assert "MVTec AD root" in errors[0] and str(tmp_path / "nowhere") in errors[0] and "root" in errors[0]
 
 
 def test_pretrained_weights_offline_error_names_the_option(tmp_path: Path):
@@ -145,8 +147,7 @@ def test_checkpoint_supplies_backbone_weights_offline(tmp_path: Path):
     assert next((tmp_path / "t").rglob("test_results.csv")).is_file()
 
 
-def test_wandb_logger_works_offline(tmp_path: Path):
-    pytest.importorskip("wandb")
+def test_wandb_logger_works_offline(tmp_path: Path):  # wandb is a declared dependency: no skip
     result = run_cli(
         "fit", "--model", "feature_distance", "--data", "synthetic", "--model.pretrained", "false",
         "--data.image_size", "32", "--data.num_workers", "0", "--data.category", "stripes",
