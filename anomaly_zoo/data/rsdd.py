@@ -14,6 +14,8 @@ from anomaly_zoo.registry import DATAMODULES
 
 #: category -> folder of the release
 FOLDERS = {"type_i": "Type-I RSDDs dataset", "type_ii": "Type-II RSDDs dataset"}
+#: The image folder's name in the release, then a shortened name some copies use.
+IMAGE_DIRS = ("Rail surface images", "Rail images")
 
 
 @DATAMODULES.register("rsdd")
@@ -25,10 +27,10 @@ class RSDD(AnomalyDataModule):
 
         <root>/                                  ("RSDDs dataset")
         ├── Type-I RSDDs dataset/                (express rails; 67 images, 160 px wide strips)
-        │   ├── Rail images/     rail_1.jpg, …
-        │   └── GroundTruth/     rail_1.jpg, …   (JPEG masks: same stem)
+        │   ├── Rail surface images/  rail_1.jpg, …   ("Rail images" accepted)
+        │   └── GroundTruth/          rail_1.jpg, …   (JPEG masks: same file name)
         └── Type-II RSDDs dataset/               (heavy-haul rails; 128 images, 55 px wide)
-            ├── Rail images/
+            ├── Rail surface images/
             └── GroundTruth/
 
     Categories ``type_i`` and ``type_ii``. Every image holds at least one defect, so RSDD measures pixel
@@ -66,9 +68,8 @@ class RSDD(AnomalyDataModule):
         if category not in FOLDERS:  # the MVTec-style copy
             return mvtec_style_samples(self.root / category, category, split, mask_suffixes=("", "_mask"))
         base = self.root / FOLDERS[category]
-        images = require_images(
-            list_images(base / "Rail images"), base / "Rail images", f"RSDD {category} images"
-        )
+        image_dir = next((base / d for d in IMAGE_DIRS if (base / d).is_dir()), base / IMAGE_DIRS[0])
+        images = require_images(list_images(image_dir), image_dir, f"RSDD {category} images")
         pairs = match_by_stem(images, list_images(base / "GroundTruth"), ("",))
         missing = [(p, base / "GroundTruth" / p.name) for p in images if p not in pairs]
         if missing:

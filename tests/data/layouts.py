@@ -408,10 +408,10 @@ def make_isic(root: Path, n: int = 3) -> Path:
 
 
 def make_rsdd(root: Path, n: int = 2) -> Path:
-    """``Type-I RSDDs dataset/{Rail images,GroundTruth}/rail_k.jpg`` and the same for Type-II."""
+    """``Type-I RSDDs dataset/{Rail surface images,GroundTruth}/rail_k.jpg`` and the same for Type-II."""
     for folder in ("Type-I RSDDs dataset", "Type-II RSDDs dataset"):
         for i in range(1, n + 1):
-            path = root / folder / "Rail images" / f"rail_{i}.jpg"
+            path = root / folder / "Rail surface images" / f"rail_{i}.jpg"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.full((SIZE, SIZE, 3), 60, np.uint8)).save(path, format="JPEG")
             write_noisy_mask(root / folder / "GroundTruth" / f"rail_{i}.jpg", i, fmt="PNG")
@@ -456,4 +456,28 @@ def make_ped2(root: Path, n_train: int = 2, n_test: int = 2, frames: int = 3) ->
             array[region] = 255
             Image.fromarray(array).save(path, format="BMP")
         (root / "Test" / f"Test{c:03d}" / "._001.tif").write_bytes(b"\x00\x05\x16\x07")
+    return root
+
+
+def write_cifar_batch(path: Path, labels: list[int], seed: int) -> None:
+    """One batch file of the CIFAR-10 python archive; the red plane of each image is ``20 * class``."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    data = np.empty((len(labels), 3072), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        data[i] = rng.integers(0, 256, 3072, dtype=np.uint8)
+        data[i, :1024] = label * 20
+    entry = {b"batch_label": b"fake", b"labels": labels, b"data": data, b"filenames": [b"x.png"] * len(labels)}
+    with open(path, "wb") as f:
+        pickle.dump(entry, f, protocol=2)
+
+
+def make_cifar10(root: Path, per_class_train: int = 3, per_class_test: int = 4) -> Path:
+    """``<root>/cifar-10-batches-py/{data_batch_1..5, test_batch}``, ``per_class_*`` images of each class."""
+    archive = root / "cifar-10-batches-py"
+    archive.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 6):
+        write_cifar_batch(archive / f"data_batch_{i}", [c for c in range(10) for _ in range(per_class_train)], i)
+    write_cifar_batch(archive / "test_batch", [c for _ in range(per_class_test) for c in range(10)], 99)
     return root

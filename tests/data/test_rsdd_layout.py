@@ -15,7 +15,7 @@ def test_both_rail_types_and_masks(tmp_path):
     batch = one_batch(dm.test_dataset)
     assert batch["label"].tolist() == [1] * 4 and set(batch["category"]) == {"type_i", "type_ii"}
     for path, mask in zip(batch["path"], batch["mask"]):
-        assert "/Rail images/" in path
+        assert "/Rail surface images/" in path
         np.testing.assert_array_equal(mask[0].numpy(), expected_mask(stem_index(path)))
 
 
