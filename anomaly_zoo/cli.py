@@ -142,10 +142,10 @@ def _init_parameters(cls_path: str | None) -> list[str]:
 
 
 def _did_you_mean(word: str, candidates: Sequence[str], prefix: str = "") -> str:
-    close = difflib.get_close_matches(word, list(candidates), n=2, cutoff=0.6)
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     if not close:
-        close = [c for c in candidates if c.startswith(word) or (len(word) > 3 and word in c)][:2]
-    return f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else ""
+        close = [c for c in candidates if c.startswith(word) or (len(word) > 3 and word in c)][:1]
+    return f"; did you mean {prefix}{close[0]}?" if close else ""
 
 
 class RawDescriptionFormatter(DefaultHelpFormatter):
@@ -503,10 +503,13 @@ def main(args: Sequence[str] | None = None) -> None:
     # Lightning advertises its cloud services on every run; our users run offline. It also announces that
     # the PredictionWriter every model returns from configure_callbacks replaces itself (test after fit).
     for handler in logging.getLogger("lightning.pytorch").handlers:
-        handler.addFilter(_quiet_lightning)
+        if _quiet_lightning not in handler.filters:
+            handler.addFilter(_quiet_lightning)
     warnings.formatwarning = _format_warning
     # The seed is in every results caption and config.yaml; Lightning's own line would come before any error.
-    logging.getLogger("lightning.fabric.utilities.seed").addFilter(lambda r: not str(r.msg).startswith("Seed set"))
+    seed_logger = logging.getLogger("lightning.fabric.utilities.seed")
+    if _no_seed_line not in seed_logger.filters:
+        seed_logger.addFilter(_no_seed_line)
     # LightningCLI seeds every run; without --seed_everything it says so on every run, before any error.
     warnings.filterwarnings("ignore", message=r"No seed found, seed set to")
     # `test --ckpt_path` from another run's folder: Lightning notes it will not restore that run's top-k list.
@@ -554,10 +557,16 @@ def _user_error(err: BaseException | None) -> BaseException | None:
 
 def _quiet_lightning(record: logging.LogRecord) -> bool:
     message = str(record.msg)
-    if message.startswith("💡 Tip"):
+    # Tips for cloud services; and a note on every full checkpoint save (base.on_fit_end) about an argument
+    # that only matters for saving weights alone.
+    if message.startswith("💡 Tip") or message == "`weights_only` was not set, defaulting to `False`.":
         return False
     return not ("will override existing callbacks passed to Trainer" in message
                 and message.rstrip().endswith(": PredictionWriter"))
+
+
+def _no_seed_line(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Seed set to")
 
 
 _python_formatwarning = warnings.formatwarning
