@@ -47,3 +47,19 @@ def test_headct_zero_shot_copy(tmp_path):
     dm = HeadCT(tmp_path, image_size=None, num_workers=0)
     dm.setup("test")
     assert sorted(s.label for s in dm.test_dataset.samples) == [0, 1, 1]
+
+
+def test_domains_of_plain_and_composite_datamodules():
+    from types import SimpleNamespace
+
+    from anomaly_zoo.data.domain import category_domain
+    from anomaly_zoo.data.mvtec_ad import MVTecAD
+    from anomaly_zoo.data.polyp import Polyp
+
+    assert dataset_domain(MVTecAD) == "industrial" and dataset_domain(Polyp) == "medical"
+    assert dataset_domain(SimpleNamespace(test_data=HeadCT, train_data=MVTecAD)) == "medical"  # cross_dataset
+    multi = SimpleNamespace(datasets={"mvtec_ad": MVTecAD, "isic": Polyp})
+    assert category_domain(multi, "isic/isic2016") == "medical"
+    assert category_domain(multi, "mvtec_ad/bottle") == "industrial"
+    with pytest.raises(ValueError, match="DOMAIN"):
+        dataset_domain(SimpleNamespace(DOMAIN="space"))
