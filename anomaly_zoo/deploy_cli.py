@@ -176,8 +176,8 @@ def _checkpoint_preprocessing(path: Path) -> dict[str, Any] | None:
     import torch
 
     try:
-        # mmap: only the small metadata is read, not every weight.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        # Safe loading (tensors and plain data only); mmap: only the small metadata is read, not every weight.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - not readable here: Lightning reports it properly later
         return None
     return (checkpoint.get("anomaly_zoo") or {}).get("preprocessing")

@@ -135,3 +135,35 @@ def test_paths_that_are_not_files_take_the_pixels_from_the_batch(tmp_path):
     table = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     assert table["pred_label"].tolist() == [0, 1]
     assert all(Image.open(out / p).size == (32, 32) for p in table["overlay"])
+
+
+# ---- the command line: short form, options, end to end ------------------------------------------------------
+def test_the_predict_short_form_expands_to_the_images_data_with_the_checkpoints_input_format(tmp_path, monkeypatch):
+    from anomaly_zoo.deploy_cli import prepare_deploy_arguments
+
+    monkeypatch.setattr(AnomalyModule, "prediction_options", {})
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"anomaly_zoo": {"preprocessing": {"image_size": [48, 64], "normalization": "clip",
+                                                  "interpolation": "bicubic"}}}, ckpt)
+    argv = prepare_deploy_arguments(["predict", "--ckpt_path", str(ckpt), "imgs/", "more/*.png", "--save_maps",
+                                     "--output_dir", "out", "--save_masks", "false"])
+    assert argv[:3] == ["predict", "--ckpt_path", str(ckpt)]
+    assert argv[3:6] == ["--data", "anomaly_zoo.data.images.ImageFiles", '--data.init_args.path=["imgs/", "more/*.png"]']
+    assert set(argv[6:]) == {"--data.init_args.image_size=[48, 64]", "--data.init_args.normalization=clip",
+                             "--data.init_args.interpolation=bicubic"}
+    assert AnomalyModule.prediction_options == {"save_maps": True, "output_dir": "out", "save_masks": False}
+    # An explicit size wins over the checkpoint's.
+    argv = prepare_deploy_arguments(["predict", "--ckpt_path", str(ckpt), "imgs/", "--data.image_size", "32"])
+    assert not any(a.startswith("--data.init_args.image_size") for a in argv)
+
+
+def test_threshold_options_are_taken_from_the_fit_command_line(monkeypatch):
+    from anomaly_zoo.deploy_cli import prepare_deploy_arguments
+    from anomaly_zoo.models.components.thresholds import ThresholdOptions
+
+    monkeypatch.setattr(AnomalyModule, "threshold_options", ThresholdOptions())
+    argv = prepare_deploy_arguments(["fit", "--model", "x", "--threshold.quantile", "0.95", "--threshold.normalize=true"])
+    assert argv == ["fit", "--model", "x"]
+    assert AnomalyModule.threshold_options == ThresholdOptions(method="auto", quantile=0.95, normalize=True)
+    with pytest.raises(DatasetError, match="quantile"):
+        prepare_deploy_arguments(["fit", "--threshold.quantile", "1.5"])

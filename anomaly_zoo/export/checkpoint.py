@@ -31,10 +31,15 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise DatasetError(f"Checkpoint '{path}' does not exist (check --ckpt_path).")
-    # Our own checkpoints hold plain Python objects beside the tensors (thresholds, hyper-parameters).
-    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    # Our checkpoints hold tensors and plain data only (thresholds, preprocessing, hyper-parameters): load them
+    # safely, never by unpickling arbitrary objects; mmap reads only what is used.
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for unreadable files
+        raise DatasetError(f"Cannot read checkpoint '{path}' safely (weights_only): {err}") from err
     cls = _model_class(checkpoint, path)
+    del checkpoint
     accepted = inspect.signature(cls.__init__).parameters
     overrides = {k: v for k, v in _WEIGHTS_FROM_CHECKPOINT.items() if k in accepted}
-    model = cls.load_from_checkpoint(path, map_location=map_location, weights_only=False, **overrides)
+    model = cls.load_from_checkpoint(path, map_location=map_location, weights_only=True, **overrides)
     return model.eval()
