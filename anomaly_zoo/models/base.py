@@ -342,8 +342,12 @@ class AnomalyModule(pl.LightningModule):
         was_training = self.training
         self.eval()
         try:
-            for batch in dataloader:
-                batch = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+            for i, batch in enumerate(dataloader):
+                # The batch hooks Lightning runs in predict (models crop there, or read the batch's categories).
+                batch = self.on_before_batch_transfer(batch, 0)
+                batch = self.transfer_batch_to_device(batch, self.device, 0)
+                batch = self.on_after_batch_transfer(batch, 0)
+                self.on_predict_batch_start(batch, i)
                 output = self.anomaly_output(batch)
                 calibrator.update(output["pred_score"], output["anomaly_map"], batch["label"], batch["mask"])
         finally:
