@@ -112,7 +112,8 @@ def concise_parser_error(message: str, parser: Any = None) -> str:
         if m := re.match(r"the following arguments are required: (.*)", line):
             missing = m.group(1).split(",")[0].strip()
             missing = "--" + ".".join([*path, missing]) if path else f"--{missing.rpartition('.')[2]}"
-            return f"{missing} is required"
+            registry = {"--model": MODELS, "--data": DATAMODULES}.get(missing)
+            return f"{missing} is required" + (f" (one of: {', '.join(registry.names())})" if registry else "")
         if m := re.match(r"File does not exist: (.*)", line):
             return f"{option}: file {m.group(1)} does not exist"
         if m := re.match(r"-?\s*Expected a (.+?)(?:\. Got value: (.*))?$", line):

@@ -212,6 +212,8 @@ def test_parser_message_reduction_of_a_nested_unknown_option():
         "unknown option --data.init_args.btach_size: MVTecAD has no option 'btach_size'; "
         "did you mean --data.init_args.batch_size?")
     assert concise_parser_error("unrecognized arguments: --sed 3") == "unknown option --sed"
+    required = concise_parser_error("the following arguments are required: test.model")
+    assert required.startswith("--model is required (one of: ") and "feature_distance" in required
 
 
 # ---- data ------------------------------------------------------------------------------------------
