@@ -4,6 +4,7 @@
     python -m benchmarks --only 'synthetic/*'    # a selection (glob or substring of `suite/model/seedN`, comma-separated)
     python -m benchmarks --force                 # re-run entries that a finished run with the same key would cover
     python -m benchmarks --list                  # what would run, what is reused, what is skipped and why
+    python -m benchmarks --tables-only           # rebuild benchmarks/results/ from the finished runs, run nothing
     ANOMALY_ZOO_DATA=/data python -m benchmarks  # dataset roots under /data, by the publishers' folder names
     python -m benchmarks --micro [--quick]       # the micro-benchmarks (bench_*.py: metrics, UniAD speed) instead
 
@@ -61,6 +62,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="folder holding the datasets (default: $ANOMALY_ZOO_DATA)")
     p.add_argument("--allow-cpu", action="store_true", help="run `device: gpu` entries on CPU too")
     p.add_argument("--timeout", type=float, default=None, help="seconds per entry before it is recorded as failed")
+    p.add_argument("--tables-only", action="store_true",
+                   help="run nothing: rebuild the tables and plots from each entry's newest finished run")
     p.add_argument("--micro", action="store_true", help="run the bench_*.py micro-benchmarks instead of the suite")
     p.add_argument("--quick", action="store_true", help="with --micro: small sizes, reports to a temporary folder")
     return p
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                                          config=e.config, status="skipped", reason=reason or waiting))
         return write_reports(records, suites, output_dir)
 
-    done = runner.run_all(selected, on_record=tabulate)
+    done = [] if args.tables_only else runner.run_all(selected, on_record=tabulate)
     written = tabulate(done)
     print(f"tables and plots written to {output_dir} ({len(written)} files + plots/)")
     return 1 if any(r.status == "failed" for r in done) else 0

@@ -244,6 +244,15 @@ def test_suite_file_lists_every_models_demo_config_with_three_seeds():
     assert skip_reason(gpu, data_root=str(ROOT), has_gpu=False, allow_cpu=False) is not None
 
 
+def test_two_entries_of_one_suite_need_distinct_labels(tmp_path: Path):
+    spec = {"suites": {"s": {"entries": [{"model": "uniad", "config": "a.yaml"}, {"model": "uniad", "config": "b.yaml"}]}}}
+    with pytest.raises(SystemExit, match="two entries named \\['uniad'\\]; give them distinct `label:`s"):
+        load_suite(write_suite(tmp_path / "suite.yaml", spec))
+    spec["suites"]["s"]["entries"][1]["label"] = "uniad_256"
+    assert [e.id for e in load_suite(write_suite(tmp_path / "suite.yaml", spec))[0].entries] == \
+        ["s/uniad/seed0", "s/uniad_256/seed0"]
+
+
 def test_error_line_picks_the_cli_error_and_its_cause():
     log = "Seed set to 0\nerror: Parser key \"model\":\n  Problem:\n      Option 'x' is not accepted\n  Given: 1\n"
     assert error_line(log) == "error: Parser key \"model\": Option 'x' is not accepted"

@@ -148,7 +148,11 @@ def write_reports(records: list[Record], suites: list[Suite], output_dir: Path) 
     ]))
 
     # ---- index ----
-    status_lines = [f"- `{r.id}`: **{r.status}** — {r.reason}" for r in records if r.status in ("failed", "skipped")]
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for r in records:
+        if r.status in ("failed", "skipped"):
+            grouped.setdefault((r.status, r.reason), []).append(f"`{r.id}`")
+    status_lines = [f"- **{status}** ({reason}): {', '.join(ids)}" for (status, reason), ids in grouped.items()]
     headline = (tables.summary_markdown(synthetic, list(tables.HEADLINE)) + notes) if not synthetic.empty else ""
     write("README.md", "\n".join([
         f"# Benchmark results\n\n{header}",

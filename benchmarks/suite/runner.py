@@ -132,7 +132,7 @@ class Runner:
         return run_key(entry, self.cli_args(entry), self.code_version(entry))
 
     def run_dir(self, entry: Entry, key: str) -> Path:
-        return self.runs_dir / entry.suite / entry.model / f"seed{entry.seed}-{key}"
+        return self.runs_dir / entry.suite / (entry.label or entry.model) / f"seed{entry.seed}-{key}"
 
     def previous(self, entry: Entry) -> Record | None:
         """A finished run with the same key (reused unless ``force``)."""
@@ -147,7 +147,7 @@ class Runner:
 
     def latest(self, entry: Entry) -> Record | None:
         """The newest finished run of this entry under any key (e.g. an older code version), marked as such."""
-        folder = self.runs_dir / entry.suite / entry.model
+        folder = self.runs_dir / entry.suite / (entry.label or entry.model)
         found = []
         for path in folder.glob(f"seed{entry.seed}-*/record.json"):
             record = Record(**json.loads(path.read_text(encoding="utf-8")))

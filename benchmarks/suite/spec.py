@@ -36,13 +36,14 @@ class Entry:
     device: str = "any"  # "any" | "gpu": gpu entries are skipped on CPU-only machines unless allowed
     expected: str | None = None  # expected run time, for the documentation of the dataset suites
     demo: bool = False
+    label: str = ""  # unique within the suite (default: the model); names the run directory and the id
     note: str | None = None  # shown under the tables (e.g. a protocol that differs from the other rows)
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def name(self) -> str:
-        """``suite/model`` — the row of a results table (seeds are aggregated)."""
-        return f"{self.suite}/{self.model}"
+        """``suite/label`` — one row of a results table (seeds are aggregated)."""
+        return f"{self.suite}/{self.label or self.model}"
 
     @property
     def id(self) -> str:
@@ -80,7 +81,7 @@ def load_suite(path: str | Path = DEFAULT_SUITE) -> list[Suite]:
         entries = []
         for raw in body.get("entries") or []:
             unknown = set(raw) - {"model", "config", "dataset", "args", "roots", "setting", "device", "expected",
-                                  "seeds", "demo", "note"}
+                                  "seeds", "demo", "note", "label"}
             if unknown or "model" not in raw or "config" not in raw:
                 raise SystemExit(f"error: {path}: suite '{suite_name}' entry {raw!r} needs `model` and `config`"
                                  + (f"; unknown keys {sorted(unknown)}" if unknown else ""))
@@ -98,7 +99,12 @@ def load_suite(path: str | Path = DEFAULT_SUITE) -> list[Suite]:
                     expected=raw.get("expected", body.get("expected")),
                     demo=bool(raw.get("demo", False)),
                     note=raw.get("note"),
+                    label=str(raw.get("label", raw["model"])),
                 ))
+        labels = [e.label for e in entries if e.seed == entries[0].seed] if entries else []
+        if len(set(labels)) != len(labels):
+            raise SystemExit(f"error: {path}: suite '{suite_name}' has two entries named "
+                             f"{sorted({x for x in labels if labels.count(x) > 1})}; give them distinct `label:`s")
         # Seed-major order: every model's first seed runs before any second seed, so a suite cut short still
         # has every model in its tables.
         entries.sort(key=lambda e: e.seed)
