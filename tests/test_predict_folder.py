@@ -167,3 +167,21 @@ def test_threshold_options_are_taken_from_the_fit_command_line(monkeypatch):
     assert AnomalyModule.threshold_options == ThresholdOptions(method="auto", quantile=0.95, normalize=True)
     with pytest.raises(DatasetError, match="quantile"):
         prepare_deploy_arguments(["fit", "--threshold.quantile", "1.5"])
+
+
+def test_predict_on_a_plain_folder_scores_every_image_once_without_inventing_labels(folders, tmp_path):
+    from anomaly_zoo.data.folder import Folder
+
+    # `--data folder --data.root imgs/`: no normal_dir needed, every image under root, labels empty.
+    table = _predict(Folder(root=str(folders), image_size=32, num_workers=0), tmp_path / "plain")
+    assert len(table) == 5 and table["path"].is_unique and (table["label"] == "").all()
+    # With normal_dir: all of it (not the seeded 20 % test fraction), labelled normal as the user said.
+    table = _predict(Folder(root=str(folders), normal_dir="line_a", abnormal_dir="line_b", image_size=32,
+                            num_workers=0), tmp_path / "dirs")
+    assert sorted(table["path"].str.rsplit("/", n=2).str[-2:].str.join("/")) == [
+        "line_a/part_1.png", "line_a/part_2.png", "line_b/part_1.png", "line_b/part_2.png"]
+    assert table.set_index("path")["label"].to_dict() == {
+        str(folders / "line_a" / "part_1.png"): 0, str(folders / "line_a" / "part_2.png"): 0,
+        str(folders / "line_b" / "part_1.png"): 1, str(folders / "line_b" / "part_2.png"): 1}
+    with pytest.raises(DatasetError, match="normal_dir"):
+        Folder(root=str(folders), image_size=32).setup("fit")

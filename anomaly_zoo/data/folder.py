@@ -8,6 +8,7 @@ from pathlib import Path
 from anomaly_zoo.data.base import AnomalyDataModule
 from anomaly_zoo.data.dataset import Sample
 from anomaly_zoo.data.errors import DatasetError
+from anomaly_zoo.data.images import folder_predict_samples
 from anomaly_zoo.data.io import list_images, match_by_stem, require_dir
 from anomaly_zoo.data.layout import missing_mask_error
 from anomaly_zoo.data.transforms import ImageSize
@@ -41,7 +42,8 @@ class Folder(AnomalyDataModule):
 
     Args:
         root: base of the relative directories below; ``None`` = current directory.
-        normal_dir: normal (defect-free) images; the training split.
+        normal_dir: normal (defect-free) images; the training split (needed to fit; ``predict`` without any
+            of the directories scores every image under ``root``, labels unknown).
         abnormal_dir: anomalous test images.
         mask_dir: masks of the anomalous images (binarised ``> 0``).
         normal_test_dir: normal test images.
@@ -57,7 +59,7 @@ class Folder(AnomalyDataModule):
         self,
         root: str | Path | None = None,
         *,
-        normal_dir: str | Path,
+        normal_dir: str | Path | None = None,
         abnormal_dir: str | Path | None = None,
         mask_dir: str | Path | None = None,
         normal_test_dir: str | Path | None = None,
@@ -124,6 +126,8 @@ class Folder(AnomalyDataModule):
 
     def _normal_split(self) -> tuple[list[Path], list[Path]]:
         """(train, test) normal images; the test part is a seeded sample unless ``normal_test_dir`` is set."""
+        if self.normal_dir is None:  # predict-only use: no training images
+            return [], (self._images(self.normal_test_dir, "normal_test_dir") if self.normal_test_dir else [])
         normals = self._images(self.normal_dir, "normal_dir")
         if self.normal_test_dir is not None:
             return normals, self._images(self.normal_test_dir, "normal_test_dir")
@@ -135,7 +139,19 @@ class Folder(AnomalyDataModule):
         test = [p for i, p in enumerate(normals) if i in chosen]
         return train, test
 
+    def setup(self, stage: str | None = None) -> None:
+        # predict scores every image given, once (not the seeded test fraction), with the labels its folders give.
+        if stage != "predict":
+            return super().setup(stage)
+        self.categories = self.resolve_categories()
+        self.test_dataset = self.build_dataset(self.categories, "predict")
+
     def make_samples(self, category: str, split: str) -> list[Sample]:
+        if split == "predict":
+            return folder_predict_samples(self, category)
+        if split == "train" and self.normal_dir is None:
+            raise DatasetError("Folder `normal_dir` (the normal training images) is needed to fit; `predict` "
+                               "works without it.")
         if split == "val":
             return []
         if split not in ("train", "test"):

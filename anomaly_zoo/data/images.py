@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 from pathlib import Path
+from typing import Any
 
 from anomaly_zoo.data.base import AnomalyDataModule
 from anomaly_zoo.data.dataset import Sample
@@ -18,7 +19,7 @@ from anomaly_zoo.data.io import is_image_file, list_images
 from anomaly_zoo.data.transforms import ImageSize
 from anomaly_zoo.registry import DATAMODULES
 
-__all__ = ["ImageFiles", "find_images"]
+__all__ = ["ImageFiles", "find_images", "folder_predict_samples"]
 
 #: The label of an image nobody has labelled.
 UNKNOWN_LABEL = -1
@@ -48,6 +49,23 @@ def find_images(paths: str | list[str]) -> list[Path]:
         for match in matches:
             found.setdefault(os.path.realpath(match), match)
     return list(found.values())
+
+
+def folder_predict_samples(folder: Any, category: str) -> list[Sample]:
+    """What ``predict`` scores on a :class:`~anomaly_zoo.data.folder.Folder`: every image it names, once.
+
+    With none of ``normal_dir`` / ``normal_test_dir`` / ``abnormal_dir`` set: every image under ``root``
+    (recursively), label unknown. Otherwise all images of those directories — the whole ``normal_dir``, not
+    the seeded test fraction — labelled as their directory says, anomalous ones with their masks.
+    """
+    if folder.normal_dir is None and folder.normal_test_dir is None and folder.abnormal_dir is None:
+        return [Sample(str(p), UNKNOWN_LABEL, category, (), "unknown") for p in find_images(str(folder.root))]
+    samples = folder.make_samples(category, "train") if folder.normal_dir is not None else []
+    samples += folder.make_samples(category, "test")
+    unique: dict[str, Sample] = {}
+    for sample in samples:
+        unique.setdefault(os.path.realpath(sample.image_path), sample)
+    return list(unique.values())
 
 
 @DATAMODULES.register("images")

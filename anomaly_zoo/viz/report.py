@@ -292,7 +292,8 @@ def _png_data_uri(picture: np.ndarray) -> str:
 
 
 def _case_html(case: _Case, value_range: tuple[float, float], thresholds: Any, thumbnail: int) -> str:
-    text = f"{html.escape(Path(case.path).name)}<br>score {case.score:.4g}"
+    where = Path(case.path)
+    text = f"{html.escape(f'{where.parent.name}/{where.name}')}<br>score {case.score:.4g}"
     if thresholds is not None:
         text += " (above threshold)" if case.score >= thresholds.image else " (below threshold)"
     if case.image is None:
