@@ -185,6 +185,11 @@ class MultiDataset(AnomalyDataModule):
                  if getattr(module, attribute, None) is not None]
         return DatasetUnion(parts) if parts else None
 
+    def results_by_dataset(self, table: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+        """One results table per member dataset and the summary of their means (``AnomalyModule`` writes
+        them beside the overall table)."""
+        return split_results_by_dataset(table), dataset_summary(table)
+
     def setup(self, stage: str | None = None) -> None:
         for module in self.datasets.values():
             module.setup(stage)

@@ -275,6 +275,7 @@ class AnomalyModule(pl.LightningModule):
         rank_zero_info("\n" + format_results_table(table, caption))
         csv_path, _ = save_results(table, Path(directory), "test_results", caption)
         rank_zero_info(f"Results written to {csv_path} (+ .md)")
+        self._report_per_dataset(table, Path(directory), caption)
         if report_data is not None:
             html = write_report(Path(directory) / "report.html", table, caption, report_data, curves,
                                 self.thresholds if not self.set_level_protocol() else None)
@@ -282,6 +283,19 @@ class AnomalyModule(pl.LightningModule):
         for logger in self.loggers:
             if type(logger).__name__ == "WandbLogger":
                 logger.log_table(key="test/results", dataframe=table.reset_index(names="category"))
+
+    def _report_per_dataset(self, table: pd.DataFrame, directory: Path, caption: str) -> None:
+        """Composite DataModules that test several datasets (``multi_dataset``) get one table per dataset
+        (``test_results_<dataset>``) and a summary of the datasets' means (``test_results_datasets``)."""
+        by_dataset = getattr(self.trainer.datamodule, "results_by_dataset", None)
+        if by_dataset is None:
+            return
+        tables, summary = by_dataset(table)
+        for name, part in tables.items():
+            save_results(part, directory, f"test_results_{name}", f"{caption} Dataset: {name}.")
+        summary_caption = f"{caption} Per-dataset means; the last row is the mean over all categories."
+        rank_zero_info("\n" + format_results_table(summary, summary_caption))
+        save_results(summary, directory, "test_results_datasets", summary_caption)
 
     def on_validation_epoch_start(self) -> None:
         self._start_metrics("val")

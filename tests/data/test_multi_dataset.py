@@ -19,6 +19,7 @@ from anomaly_zoo.data.mvtec_ad import MVTecAD
 from anomaly_zoo.data.mvtec_loco import MVTecLOCO
 from anomaly_zoo.data.visa import VisA
 from anomaly_zoo.metrics import AnomalyMetrics
+from anomaly_zoo.models.base import AnomalyModule
 from tests.data.layouts import make_loco, make_mvtec, make_visa
 
 COMMON = {"image_size": 16, "num_workers": 0}
@@ -164,3 +165,27 @@ def test_lightning_fit_and_test_through_the_union(roots):
     indices = sorted(i for i, _ in model.tested)
     assert indices == list(range(len(data.test_dataset)))
     assert {c.split("/")[0] for _, c in model.tested} == {"mvtec_ad", "visa", "mvtec_loco"}
+
+
+class _MeanBrightness(AnomalyModule):
+    def predict_anomaly(self, images):
+        maps = images.mean(1, keepdim=True)
+        return {"anomaly_map": maps, "pred_score": maps.flatten(1).amax(1)}
+
+
+def test_test_run_writes_one_table_per_dataset_and_their_summary(roots, tmp_path):
+    model = _MeanBrightness(pixel_metrics="exact", results_dir=str(tmp_path))
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.test(model, datamodule=_union(roots, batch_size=2), verbose=False)
+    overall = model.results["test"]
+    summary = pd.read_csv(tmp_path / "test_results_datasets.csv", index_col=0)
+    assert list(summary.index) == ["mvtec_ad", "visa", "mvtec_loco", "mean"]
+    for name in ("mvtec_ad", "visa", "mvtec_loco"):
+        part = pd.read_csv(tmp_path / f"test_results_{name}.csv", index_col=0)
+        rows = [r for r in overall.index if r.startswith(f"{name}/")]
+        assert list(part.index[:-1]) == [r.split("/", 1)[1] for r in rows]
+        np.testing.assert_allclose(part.loc["mean", "I-AUROC"], overall.loc[rows, "I-AUROC"].mean(), rtol=1e-3)
+        np.testing.assert_allclose(summary.loc[name, "P-AUROC"], part.loc["mean", "P-AUROC"], rtol=1e-3)
+    np.testing.assert_allclose(summary.loc["mean", "mAD"], overall.loc["mean", "mAD"], rtol=1e-3)
+    assert "Dataset: visa." in (tmp_path / "test_results_visa.md").read_text()
