@@ -1,4 +1,9 @@
-"""Lightning wrapper of the feature-distance baseline: one pass over the training set, no optimiser."""
+"""Lightning wrapper of the feature-distance baseline: one pass over the training set, no optimiser.
+
+Under DDP every rank accumulates the statistics of its shard and ``on_train_epoch_end`` sums them over the
+ranks; the module is never wrapped in ``DistributedDataParallel`` (it has nothing to train by gradient,
+see ``components/distributed.py``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from typing import Any
 import torch
 
 from anomaly_zoo.models.base import AnomalyModule
+from anomaly_zoo.models.components.distributed import keep_unwrapped_under_ddp
 from anomaly_zoo.models.feature_distance.model import FeatureDistanceModel
 from anomaly_zoo.registry import MODELS
 
@@ -36,15 +42,25 @@ class FeatureDistance(AnomalyModule):
         self.automatic_optimization = False
         self.model = FeatureDistanceModel(backbone, tuple(layers), pretrained, backbone_weights, eps)
 
+    #: Read by the DataModules: the training pass sees every image once (no shuffle, no dropped last batch,
+    #: no DDP padding), so the statistics of N processes equal those of one.
+    single_pass_training = True
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            keep_unwrapped_under_ddp(self.trainer)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.model.accumulate(batch["image"])
+
+    def on_train_epoch_start(self) -> None:
+        # Each epoch is one full pass that recomputes the statistics (a second epoch does not count twice).
+        self.model.reset_statistics()
 
     def on_train_epoch_end(self) -> None:
         # Every rank saw a different shard: sum the statistics so all ranks hold the full-data model.
         if self.trainer.world_size > 1:
-            for name in ("count", "feature_sum", "feature_sq_sum"):
-                buffer = getattr(self.model, name)
-                setattr(self.model, name, self.trainer.strategy.reduce(buffer, reduce_op="sum"))
+            self.model.reduce_statistics(lambda t, op: self.trainer.strategy.reduce(t, reduce_op=op))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
         if not self.model.fitted:  # Lightning's sanity check runs before the statistics exist

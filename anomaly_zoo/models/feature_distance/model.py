@@ -6,6 +6,8 @@ the normal training images; the anomaly map is the standardised distance to them
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,6 +56,25 @@ class FeatureDistanceModel(nn.Module):
         self.count += features.shape[0]
         self.feature_sum += features.sum(0)
         self.feature_sq_sum += (features**2).sum(0)
+
+    def reset_statistics(self) -> None:
+        """Forget the accumulated statistics (the start of a new pass)."""
+        self.count.zero_()
+        self.feature_sum = self.feature_sum.new_empty(0)
+        self.feature_sq_sum = self.feature_sq_sum.new_empty(0)
+
+    def reduce_statistics(self, reduce: Callable[[torch.Tensor, str], torch.Tensor]) -> None:
+        """Sum the statistics of every rank's shard. ``reduce(tensor, "sum" | "max")`` is a collective over the
+        ranks (every rank calls it, in the same order); a rank whose shard was empty takes part with zeros."""
+        empty = self.feature_sum.numel() == 0
+        shape = torch.tensor([0, 0, 0] if empty else list(self.feature_sum.shape), device=self.count.device)
+        shape = reduce(shape, "max")  # the grid of the ranks that saw images
+        if empty:
+            self.feature_sum = torch.zeros(shape.tolist(), dtype=torch.float64, device=self.count.device)
+            self.feature_sq_sum = torch.zeros_like(self.feature_sum)
+        self.count = reduce(self.count, "sum")
+        self.feature_sum = reduce(self.feature_sum, "sum")
+        self.feature_sq_sum = reduce(self.feature_sq_sum, "sum")
 
     @property
     def fitted(self) -> bool:
