@@ -15,31 +15,16 @@ from anomaly_zoo.data.errors import DatasetError
 from anomaly_zoo.data.io import read_image
 from anomaly_zoo.registry import DATAMODULES
 
+from .layouts import make_cifar10
+
 PER_CLASS_TRAIN = 3  # per batch file → 15 per class in the training set
 PER_CLASS_TEST = 4
 
 
-def _write_batch(path: Path, labels: list[int], seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    data = np.empty((len(labels), 3072), dtype=np.uint8)
-    for i, label in enumerate(labels):
-        # the red plane of each image encodes its class, so tests can see which images were read
-        data[i] = rng.integers(0, 256, 3072, dtype=np.uint8)
-        data[i, :1024] = label * 20
-    entry = {b"batch_label": b"fake", b"labels": labels, b"data": data, b"filenames": [b"x.png"] * len(labels)}
-    with open(path, "wb") as f:
-        pickle.dump(entry, f, protocol=2)
-
-
 @pytest.fixture(scope="module")
 def cifar_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cifar")
-    archive = root / "cifar-10-batches-py"
-    archive.mkdir()
-    for i in range(1, 6):
-        _write_batch(archive / f"data_batch_{i}", [c for c in range(10) for _ in range(PER_CLASS_TRAIN)], i)
-    _write_batch(archive / "test_batch", [c for _ in range(PER_CLASS_TEST) for c in range(10)], 99)
-    with open(archive / "batches.meta", "wb") as f:
+    root = make_cifar10(tmp_path_factory.mktemp("cifar"), PER_CLASS_TRAIN, PER_CLASS_TEST)
+    with open(root / "cifar-10-batches-py" / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": [c.encode() for c in CIFAR10_CLASSES]}, f)
     return root
 
@@ -68,7 +53,7 @@ def test_read_batch(cifar_root):
 
 
 def _classes_read(dataset) -> list[int]:
-    """The class of every sample, read back from its image file's red plane (see ``_write_batch``)."""
+    """The class of every sample, read back from its image file's red plane (see ``layouts.write_cifar_batch``)."""
     return [int(read_image(s.image_path)[0, 0, 0]) // 20 for s in dataset.samples]
 
 
