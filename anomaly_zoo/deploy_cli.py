@@ -54,7 +54,7 @@ def prepare_deploy_arguments(argv: Sequence[str]) -> list[str]:
         if any(a.split("=", 1)[0] in ("--data", "--data.class_path") for a in argv):
             raise DatasetError(f"give images either as paths ({' '.join(positional)}) or with --data, not both.")
         argv += ["--data", "anomaly_zoo.data.images.ImageFiles", f"--data.init_args.path=[{', '.join(map(_quote, positional))}]"]
-    return _with_checkpoint_preprocessing(argv)
+    return _with_checkpoint_defaults(argv)
 
 
 def _quote(value: str) -> str:
@@ -150,11 +150,16 @@ def _data_parameters(argv: list[str]) -> set[str]:
     return set(inspect.signature(cls.__init__).parameters)
 
 
-def _with_checkpoint_preprocessing(argv: list[str]) -> list[str]:
+def _with_checkpoint_defaults(argv: list[str]) -> list[str]:
+    """``--model`` (when neither it nor a config is given) and the data's input format, from ``--ckpt_path``."""
     ckpt = _option_value(argv, ("--ckpt_path",))
     if not ckpt or not Path(ckpt).is_file():
         return argv
-    preprocessing = _checkpoint_preprocessing(Path(ckpt))
+    deploy = _checkpoint_deploy_data(Path(ckpt))
+    model_class = deploy.get("model_class")
+    if model_class and _option_value(argv, ("--model", "--model.class_path", "--config", "-c")) is None:
+        argv += ["--model", model_class]
+    preprocessing = deploy.get("preprocessing")
     if not preprocessing:
         return argv
     accepted = _data_parameters(argv)
@@ -172,12 +177,13 @@ def _with_checkpoint_preprocessing(argv: list[str]) -> list[str]:
     return argv
 
 
-def _checkpoint_preprocessing(path: Path) -> dict[str, Any] | None:
+def _checkpoint_deploy_data(path: Path) -> dict[str, Any]:
+    """The checkpoint's ``anomaly_zoo`` entry (model class, thresholds, preprocessing); {} if unreadable here."""
     import torch
 
     try:
         # Safe loading (tensors and plain data only); mmap: only the small metadata is read, not every weight.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - not readable here: Lightning reports it properly later
-        return None
-    return (checkpoint.get("anomaly_zoo") or {}).get("preprocessing")
+    except Exception:  # noqa: BLE001 - not readable here: the CLI's checkpoint check reports it properly
+        return {}
+    return checkpoint.get("anomaly_zoo") or {}

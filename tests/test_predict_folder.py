@@ -143,13 +143,15 @@ def test_the_predict_short_form_expands_to_the_images_data_with_the_checkpoints_
 
     monkeypatch.setattr(AnomalyModule, "prediction_options", {})
     ckpt = tmp_path / "model.ckpt"
-    torch.save({"anomaly_zoo": {"preprocessing": {"image_size": [48, 64], "normalization": "clip",
+    torch.save({"anomaly_zoo": {"model_class": "anomaly_zoo.models.uniad.lightning.UniAD",
+                                "preprocessing": {"image_size": [48, 64], "normalization": "clip",
                                                   "interpolation": "bicubic"}}}, ckpt)
     argv = prepare_deploy_arguments(["predict", "--ckpt_path", str(ckpt), "imgs/", "more/*.png", "--save_maps",
                                      "--output_dir", "out", "--save_masks", "false"])
     assert argv[:3] == ["predict", "--ckpt_path", str(ckpt)]
     assert argv[3:6] == ["--data", "anomaly_zoo.data.images.ImageFiles", '--data.init_args.path=["imgs/", "more/*.png"]']
-    assert set(argv[6:]) == {"--data.init_args.image_size=[48, 64]", "--data.init_args.normalization=clip",
+    assert argv[6:8] == ["--model", "anomaly_zoo.models.uniad.lightning.UniAD"]  # the checkpoint's model
+    assert set(argv[8:]) == {"--data.init_args.image_size=[48, 64]", "--data.init_args.normalization=clip",
                              "--data.init_args.interpolation=bicubic"}
     assert AnomalyModule.prediction_options == {"save_maps": True, "output_dir": "out", "save_masks": False}
     # An explicit size wins over the checkpoint's.
