@@ -311,7 +311,7 @@ def main() -> None:
         "Synthetic maps (smooth noise, every other image with 1-3 elliptic defects), batches of 32, float32 maps, "
         "uint8 masks. Time = all `update` calls + `compute` (best of "
         f"{repeats} for the first table). `reference_*` is the plain numpy global-sort port of the MVTec AD "
-        "evaluation code in `anomaly_zoo/metrics/reference.py` (AUPRO) and a numpy global-sort ROC AUC. "
+        "evaluation code in `tests/metrics/reference.py` (AUPRO) and a numpy global-sort ROC AUC. "
         "`*_all` computes P-AUROC, P-AP, P-F1max and AUPRO together (value shown: AUPRO@0.3). "
         f"anomalib: {'timed' if has_anomalib else 'not installed, not timed'}; scikit-learn: not installed, not timed.",
         "",
