@@ -23,10 +23,14 @@ from typing import Any
 import torch
 from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from anomaly_zoo.callbacks import RandomStateCheckpoint, ResumableCheckpoint, SaveOnSignal
+from anomaly_zoo.callbacks.resume import NothingToResumeError, require_last_checkpoint
 from anomaly_zoo.data.base import STAGE_SPLITS, AnomalyDataModule
 from anomaly_zoo.data.errors import DatasetError, worker_message
+from anomaly_zoo.deploy_cli import prepare_deploy_arguments, run_export
 from anomaly_zoo.models.base import AnomalyModule
 from anomaly_zoo.models.components.backbone import PretrainedWeightsError
 from anomaly_zoo.models.components.checkpoint import CheckpointError, load_checkpoint
@@ -252,10 +256,10 @@ class AnomalyZooCLI(LightningCLI):
         if logger is None or logger is True:
             model = _registry_name(MODELS, config.get("model"))
             data = _registry_name(DATAMODULES, config.get("data"))
-            trainer["logger"] = {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": trainer.get("default_root_dir") or "results", "name": f"{model}/{data}"},
-            }
+            init_args = {"save_dir": trainer.get("default_root_dir") or "results", "name": f"{model}/{data}"}
+            if getattr(self, "resume_version", None) is not None:  # a resumed fit continues in its own version_N
+                init_args["version"] = self.resume_version
+            trainer["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": init_args}
 
     def _parse_ckpt_path(self) -> None:
         """Take the architecture from ``--ckpt_path``'s hyper-parameters, but evaluation options from the CLI.
@@ -267,8 +271,13 @@ class AnomalyZooCLI(LightningCLI):
         holds every weight, the frozen backbone's too: nothing is fetched or re-read at construction.
         """
         self.checkpoint_data: dict[str, Any] | None = None
+        self.resume_version: int | None = None
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path is not None and str(ckpt_path) == "last":
+            ckpt_path = self.config[subcommand]["ckpt_path"] = str(self._last_checkpoint(self.config[subcommand]))
+        if subcommand == "fit" and ckpt_path:
+            self.resume_version = _run_version(ckpt_path)
         if not ckpt_path or str(ckpt_path) in SPECIAL_CKPT_PATHS or str(ckpt_path).startswith("registry"):
             return super()._parse_ckpt_path()
         config = self.config[subcommand]
@@ -296,6 +305,28 @@ class AnomalyZooCLI(LightningCLI):
         for key, value in given.items():
             if key in init_args:
                 init_args[key] = value
+
+    def _last_checkpoint(self, config) -> Path:
+        """``--ckpt_path last``: the newest ``last.ckpt`` of the previous runs of this model and data."""
+        trainer = config.get("trainer") or {}
+        root = Path(trainer.get("default_root_dir") or "results")
+        run_root = root / _registry_name(MODELS, config.get("model")) / _registry_name(DATAMODULES, config.get("data"))
+        try:
+            found = require_last_checkpoint(run_root)
+        except NothingToResumeError as err:
+            raise UsageError(str(err)) from None
+        sys.stderr.write(f"--ckpt_path last: {found}\n")
+        return found
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]):
+        """``fit`` always keeps a resumable ``last.ckpt`` (unless the user configured checkpointing), saves the
+        random state in it, and turns SIGINT / SIGTERM into a checkpoint plus the command that resumes."""
+        if self.subcommand == "fit":
+            given = [*(config.get("callbacks") or []), *callbacks]
+            if config.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint) for c in given):
+                callbacks = [*callbacks, ResumableCheckpoint()]
+            callbacks = [*callbacks, RandomStateCheckpoint(), SaveOnSignal()]
+        return super()._instantiate_trainer(config, callbacks)
 
     def instantiate_trainer(self, **kwargs):
         """Everything that can be checked without running is checked here, before the Trainer exists
@@ -351,6 +382,15 @@ def _check_data_before_run(datamodule, stage: str, splits: tuple[str, ...]) -> N
         return  # composite DataModules are checked by FileCheck right after the Trainer's setup
     datamodule.prepare_data()
     datamodule.setup(stage)
+
+
+def _run_version(ckpt_path: str) -> int | None:
+    """N of ``.../version_N/checkpoints/<file>.ckpt`` (the CLI's layout), else None."""
+    parent = Path(ckpt_path).parent
+    if parent.name != "checkpoints" or not parent.parent.name.startswith("version_"):
+        return None
+    suffix = parent.parent.name.removeprefix("version_")
+    return int(suffix) if suffix.isdigit() else None
 
 
 def _check_training_length(trainer, test_after_fit: bool) -> None:
@@ -490,11 +530,18 @@ def _registry_name(registry: Registry, spec) -> str:
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of the ``anomaly-zoo`` console script."""
     argv = list(sys.argv[1:] if args is None else args)
+    if argv[:1] == ["export"]:  # deployment: its own small parser (anomaly_zoo/export/cli.py)
+        raise SystemExit(run_export(argv[1:]))
     try:
         argv = expand_short_names(argv)
     except UnknownNameError as err:
         raise SystemExit(err.code) from None
     argv = _focus_help(argv)
+    try:  # deployment options and the `predict CKPT PATHS` short form (anomaly_zoo/deploy_cli.py)
+        argv = prepare_deploy_arguments(argv)
+    except DatasetError as err:
+        sys.stderr.write(f"error: {err}\n")
+        raise SystemExit(2) from None
     sys.argv = [sys.argv[0], *argv]  # LightningCLI warns when given args= while sys.argv has some too
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Frozen backbones are in eval mode on purpose (see FrozenModule); say so once, not per run.
@@ -519,7 +566,8 @@ def main(args: Sequence[str] | None = None) -> None:
         "anomaly-zoo: train and evaluate visual anomaly detectors.\n"
         f"Models (--model): {', '.join(MODELS.names())}.\n"
         f"Datasets (--data): {', '.join(DATAMODULES.names())}.\n"
-        "Example: anomaly-zoo fit --model uniad --data synthetic --test_after_fit true"
+        "Example: anomaly-zoo fit --model uniad --data synthetic --test_after_fit true\n"
+        "Deploy: anomaly-zoo predict --ckpt_path CKPT images/ ; anomaly-zoo export --ckpt_path CKPT --format onnx"
     )
     try:
         AnomalyZooCLI(
