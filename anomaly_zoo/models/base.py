@@ -402,8 +402,9 @@ class AnomalyModule(pl.LightningModule):
         callback = self.trainer.checkpoint_callback
         if callback is not None and self.trainer.global_step == 0 and self.epochs_trained > 0 and callback.dirpath:
             self.trainer.save_checkpoint(os.path.join(callback.dirpath, "last.ckpt"))
-        elif callback is not None and self.thresholds is not None:
-            self._rewrite_final_checkpoints(callback)
+        elif self.thresholds is not None:
+            for checkpoint_callback in self.trainer.checkpoint_callbacks:
+                self._rewrite_final_checkpoints(checkpoint_callback)
 
     def _rewrite_final_checkpoints(self, callback: Any) -> None:
         """Write the thresholds into the checkpoints that hold the final weights (those saved at this step)."""
