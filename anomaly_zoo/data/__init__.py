@@ -1,25 +1,25 @@
 """Importing this package registers every DataModule in ``anomaly_zoo.registry.DATAMODULES``."""
 
 from anomaly_zoo.data import (  # noqa: F401
-    bmad,  # noqa: F401
+    bmad,
     btad,
     cifar10,
     cross_dataset,
-    dtd_synthetic,  # noqa: F401
+    dtd_synthetic,
     folder,
-    images,  # noqa: F401
-    isic,  # noqa: F401
-    medical_classification,  # noqa: F401
+    images,
+    isic,
+    medical_classification,
     mpdd,
-    multi_dataset,  # noqa: F401
-    mvtec_3d,  # noqa: F401
+    multi_dataset,
+    mvtec_3d,
     mvtec_ad,
-    mvtec_ad2,  # noqa: F401
+    mvtec_ad2,
     mvtec_loco,
-    ped2,  # noqa: F401
-    polyp,  # noqa: F401
-    real_iad,  # noqa: F401
-    rsdd,  # noqa: F401
+    ped2,
+    polyp,
+    real_iad,
+    rsdd,
     synthetic,
     visa,
 )
