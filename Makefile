@@ -30,8 +30,8 @@ test-all: install
 lint: install
 	$(VENV)/bin/ruff check anomaly_zoo tests benchmarks
 
-benchmark: install  ## the suite of benchmarks/suite.yaml -> benchmarks/results/ (ONLY='synthetic/*', FORCE=1)
-	$(PY) -m benchmarks $(if $(ONLY),--only '$(ONLY)') $(if $(FORCE),--force)
+benchmark: install  ## the suite of benchmarks/suite.yaml -> benchmarks/results/ (ONLY='synthetic/*', FORCE=1, THREADS=1)
+	$(PY) -m benchmarks $(if $(ONLY),--only '$(ONLY)') $(if $(FORCE),--force) $(if $(THREADS),--threads $(THREADS))
 
 clean:
 	rm -rf results lightning_logs .pytest_cache .ruff_cache

@@ -61,6 +61,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help="run directories (default: results/benchmarks)")
     p.add_argument("--data-root", default=None, help="folder holding the datasets (default: $ANOMALY_ZOO_DATA)")
     p.add_argument("--allow-cpu", action="store_true", help="run `device: gpu` entries on CPU too")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per run (default: torch's; 1 is faster on a machine shared with other jobs)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per entry before it is recorded as failed")
     p.add_argument("--tables-only", action="store_true",
                    help="run nothing: rebuild the tables and plots from each entry's newest finished run")
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     suites = load_suite(args.suite)
     entries = [e for s in suites for e in s.entries]
     runner = Runner(runs_dir=args.runs_dir, data_root=args.data_root, force=args.force, allow_cpu=args.allow_cpu,
-                    timeout=args.timeout)
+                    timeout=args.timeout, threads=args.threads)
     selected = [e for e in entries if e.matches(args.only)]
     if args.only and not selected:
         print(f"error: --only '{args.only}' matches none of: {', '.join(e.id for e in entries)}", file=sys.stderr)

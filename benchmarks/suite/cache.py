@@ -61,12 +61,14 @@ def code_version(config_path: Path, root: Path = ROOT) -> str:
     return _digest(files, root)
 
 
-def run_key(entry: Entry, cli_args: list[str], code: str) -> str:
-    """Key of one run: config text, seed, CLI arguments and code version (:func:`code_version`)."""
+def run_key(entry: Entry, cli_args: list[str], code: str, threads: int | None = None) -> str:
+    """Key of one run: config text, seed, CLI arguments, code version (:func:`code_version`), thread setting."""
     payload = {
         "config": entry.config_path.read_text(encoding="utf-8"),
         "seed": entry.seed,
         "args": cli_args,
         "code": code,
     }
+    if threads:
+        payload["threads"] = threads
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]

@@ -98,6 +98,7 @@ class Runner:
     timeout: float | None = None
     quiet: bool = False
     extra_args: tuple[str, ...] = ()
+    threads: int | None = None  # torch CPU threads per run (OMP_NUM_THREADS); None = torch's default
     python: str = sys.executable
 
     def __post_init__(self) -> None:
@@ -129,7 +130,8 @@ class Runner:
         return self._code_versions[entry.config_path]
 
     def key(self, entry: Entry) -> str:
-        return run_key(entry, self.cli_args(entry), self.code_version(entry))
+        # The thread count changes the timings, not the metrics; it is in the key so one table never mixes them.
+        return run_key(entry, self.cli_args(entry), self.code_version(entry), self.threads)
 
     def run_dir(self, entry: Entry, key: str) -> Path:
         return self.runs_dir / entry.suite / (entry.label or entry.model) / f"seed{entry.seed}-{key}"
@@ -188,6 +190,8 @@ class Runner:
         ]
         env = {**os.environ, "ANOMALY_ZOO_PROBE_DIR": str(run_dir), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
                "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        if self.threads:
+            env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
         (run_dir / "command.txt").write_text(" ".join(command) + "\n", encoding="utf-8")
         start = time.perf_counter()
         with open(run_dir / "log.txt", "w", encoding="utf-8") as log:

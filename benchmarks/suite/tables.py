@@ -237,13 +237,13 @@ def speed_frame(records: list[Record], suite: str) -> pd.DataFrame:
 def speed_markdown(speed: pd.DataFrame) -> str:
     if speed.empty:
         return "No successful run to time.\n"
-    head = ["model", "runs", *SPEED_COLUMNS, "train time (s)", "epochs", "frozen module(s) timed"]
+    head = ["model", "runs", "threads", *SPEED_COLUMNS, "train time (s)", "epochs", "frozen module(s) timed"]
     lines = ["| " + " | ".join(head) + " |", "|:--|" + "--:|" * (len(head) - 2) + ":--|"]
     digits = {"inference img/s": 1, "ms/image": 2, "train img/s": 1, "backbone ms/image": 2, "ratio to backbone": 2,
               "peak RSS (MB)": 0, "CUDA max allocated (MB)": 0, "evaluation share of test loop (%)": 1,
               "train time (s)": 1, "epochs": 0}
     for _, row in speed.iterrows():
-        cells = [f"`{row['model']}`", str(int(row["runs"]))]
+        cells = [f"`{row['model']}`", str(int(row["runs"])), str(row.get("torch threads") or "–")]
         for c in (*SPEED_COLUMNS, "train time (s)", "epochs"):
             v = row.get(c, np.nan)
             text = "–" if pd.isna(v) else f"{v:.{digits[c]}f}"
