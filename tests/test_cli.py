@@ -121,8 +121,8 @@ def test_fit_and_test_end_to_end(tmp_path: Path):
     )
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     scores = pd.read_csv(next((tmp_path / "p").rglob("predictions.csv")))
-    assert len(scores) == len(list((tmp_path / "p").rglob("heatmaps/*/*.png"))) > 0
-    assert set(scores.columns) == {"path", "category", "label", "pred_score"}
+    assert len(scores) == len(list((tmp_path / "p").rglob("overlays/**/*.png"))) > 0
+    assert set(scores.columns) == {"path", "category", "label", "pred_score", "pred_label", "overlay"}
     assert set(scores["category"]) == set(table.index[:-1])
 
 

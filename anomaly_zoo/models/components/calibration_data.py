@@ -1,4 +1,4 @@
-"""Which images thresholds are calibrated on: the validation split, else the normal training images."""
+"""Which images thresholds are calibrated on: the validation split, else the training images."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ def calibration_loader(datamodule: Any) -> tuple[DataLoader, str] | None:
             transform = build_transform(datamodule.normalization, ())
             dataset = AnomalyDataset(dataset.samples, transform, dataset.image_size, dataset.interpolation,
                                      split="train")
-        source = "the normal training images (no validation split; in-sample scores)"
+        # Usually normal images only; the zero-shot protocol trains on a labelled test split (then F1-max applies).
+        source = "the training images (no validation split; in-sample scores)"
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_samples)
     return loader, source
