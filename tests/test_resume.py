@@ -23,7 +23,7 @@ from anomaly_zoo.callbacks import (
     find_last_checkpoint,
     resume_command,
 )
-from anomaly_zoo.data.resumable_loader import ResumableDataLoader, resumable_train_loader
+from anomaly_zoo.data.resumable_loader import ResumableDataLoader
 from anomaly_zoo.data.synthetic import SyntheticDataModule
 from anomaly_zoo.models.uniad import UniAD
 
@@ -34,14 +34,12 @@ DATA = dict(category="carpet", generated_size=32, num_train=12, num_val=0, num_t
 
 
 class Data(SyntheticDataModule):
-    """The synthetic DataModule with the resumable training loader (seeded per epoch, stateful)."""
+    """The synthetic DataModule; its training loader must be the resumable one (seeded per epoch, stateful)."""
 
     def train_dataloader(self) -> ResumableDataLoader:
         loader = super().train_dataloader()
-        if isinstance(loader, ResumableDataLoader):
-            return loader
-        return resumable_train_loader(self.train_dataset, self.batch_size, collate_fn=loader.collate_fn,
-                                      drop_last=loader.drop_last)
+        assert isinstance(loader, ResumableDataLoader)
+        return loader
 
 
 class StopAt(pl.Callback):

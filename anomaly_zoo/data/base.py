@@ -14,6 +14,7 @@ from anomaly_zoo.data.collate import collate_samples
 from anomaly_zoo.data.dataset import AnomalyDataset, Sample
 from anomaly_zoo.data.errors import DatasetError, DuplicateCategoryWarning
 from anomaly_zoo.data.io import require_dir
+from anomaly_zoo.data.resumable_loader import resumable_train_loader
 from anomaly_zoo.data.sampler import eval_sampler
 from anomaly_zoo.data.transforms import ImageSize, as_hw, build_transform
 from anomaly_zoo.data.validation import check_datasets
@@ -206,16 +207,17 @@ class AnomalyDataModule(pl.LightningDataModule):
     def _loader(self, dataset: AnomalyDataset | None, train: bool) -> DataLoader:
         if dataset is None:
             return []  # type: ignore[return-value]  # Lightning skips an empty loader list
-        if train:
-            return DataLoader(
+        if train and not self._single_pass_training():
+            # Seeded per epoch and stateful: a resumed run continues with the same order, mid-epoch too.
+            return resumable_train_loader(
                 dataset,
                 batch_size=self.batch_size,
-                shuffle=True,
                 num_workers=self.num_workers,
                 persistent_workers=self.num_workers > 0,
                 drop_last=len(dataset) > self.batch_size,
                 collate_fn=collate_samples,
             )
+        # Evaluation, and the training pass of statistics-only models: every image once, unpadded shards.
         return DataLoader(
             dataset,
             batch_size=self.eval_batch_size,
@@ -224,6 +226,12 @@ class AnomalyDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=collate_samples,
         )
+
+    def _single_pass_training(self) -> bool:
+        """The model fits statistics in one pass (``single_pass_training``): no shuffle, no dropped batch."""
+        trainer = getattr(self, "trainer", None)
+        module = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        return bool(getattr(module, "single_pass_training", False))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, train=True)

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from anomaly_zoo.data.sampler import is_filler
 from anomaly_zoo.models.base import AnomalyModule
 from anomaly_zoo.models.components.distributed import keep_unwrapped_under_ddp
 from anomaly_zoo.models.feature_distance.model import FeatureDistanceModel
@@ -51,7 +52,10 @@ class FeatureDistance(AnomalyModule):
             keep_unwrapped_under_ddp(self.trainer)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.model.accumulate(batch["image"])
+        filler = is_filler(batch)  # a DDP rank with no image of its own gets a filler: it counts nothing
+        images = batch["image"] if filler is None else batch["image"][~filler]
+        if images.shape[0]:
+            self.model.accumulate(images)
 
     def on_train_epoch_start(self) -> None:
         # Each epoch is one full pass that recomputes the statistics (a second epoch does not count twice).
