@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from anomaly_zoo.models.base import AnomalyModule
+from anomaly_zoo.models.components.feature_cache import FrozenFeatureCache, random_steps
 from anomaly_zoo.models.uniad.convert import load_official_file, load_official_state_dict, split_official
 from anomaly_zoo.models.uniad.model import UniADModel
 from anomaly_zoo.registry import MODELS
@@ -43,9 +44,14 @@ class UniAD(AnomalyModule):
             224/256/320 px); ``false`` = timm's dynamic padding.
         official_checkpoint: the authors' ``ckpt.pth.tar``; loaded at construction (its backbone weights too,
             then no timm download is needed).
+        feature_cache: the frozen backbone's features computed once per training image and reused every epoch
+            (``auto`` = ``float16`` unless the training images are augmented; ``float32``: exact; ``off``).
+            Exact for UniAD because the feature jitter comes after the backbone.
     """
 
     image_score_rule = "max of the 16×16 average-pooled anomaly map, stride 1 (UniAD)"  # per instance: see __init__
+    #: The backbone sees the loader's images unchanged (jitter is applied to its features): features can be cached.
+    backbone_input_deterministic = True
 
     def __init__(
         self,
@@ -72,6 +78,7 @@ class UniAD(AnomalyModule):
         backbone_weights: str | None = None,
         authors_padding: bool = True,
         official_checkpoint: str | None = None,
+        feature_cache: str = "auto",
         pixel_metrics: str = "streaming",
         fpr_limit: float = 0.3,
         results_dir: str | None = None,
@@ -105,6 +112,7 @@ class UniAD(AnomalyModule):
             self.image_score_rule = "mean of the anomaly map (UniAD's CIFAR-10 rule)"
         else:
             self.image_score_rule = f"max of the {score_pool_size}×{score_pool_size} average-pooled anomaly map, stride 1 (UniAD)"
+        self.feature_cache = FrozenFeatureCache(feature_cache)
         if official is not None:
             info = load_official_state_dict(self.model, official)
             rank_zero_info(
@@ -117,9 +125,19 @@ class UniAD(AnomalyModule):
         return self.model.predict(images)
 
     # ---- training --------------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        self.feature_cache.reset(len(dataset) if dataset is not None else 0, self.backbone_input_deterministic,
+                                 random_steps(dataset), pin_memory=self.device.type == "cuda")
+        rank_zero_info(self.feature_cache.describe())
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         images = batch["image"]
-        loss = self.model(images)["loss"]
+        if "index" in batch:
+            features = self.feature_cache.features(batch["index"], images, self.model.extract_features)
+        else:
+            features = self.model.extract_features(images)
+        loss = self.model.reconstruction_loss(features)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=images.shape[0])
         return loss
 

@@ -101,6 +101,10 @@ class UniADModel(nn.Module):
         distance = (reconstruction - features).pow(2).sum(dim=1, keepdim=True).sqrt()
         return F.interpolate(distance, size=size, mode="bilinear", align_corners=True)
 
+    def reconstruction_loss(self, features: torch.Tensor) -> torch.Tensor:
+        """The training loss from frozen features (cached or fresh): MSE of the jittered reconstruction."""
+        return F.mse_loss(self.reconstruct(features), features)
+
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training: features, reconstruction and the MSE loss. Eval: also the anomaly map and image score."""
         features = self.extract_features(images)
