@@ -187,3 +187,15 @@ def test_predict_on_a_plain_folder_scores_every_image_once_without_inventing_lab
         str(folders / "line_b" / "part_1.png"): 1, str(folders / "line_b" / "part_2.png"): 1}
     with pytest.raises(DatasetError, match="normal_dir"):
         Folder(root=str(folders), image_size=32).setup("fit")
+
+
+def test_a_centre_crop_map_lands_in_the_crop_of_the_native_image():
+    from anomaly_zoo.viz.writer import _native_map
+
+    native = _native_map(np.ones((4, 4), np.float32) * 2, 20, 40, coverage=0.5)
+    assert native.shape == (20, 40)
+    assert (native[5:15, 10:30] == 2).all()  # the centred half of each side
+    assert native[:5].max() == 2 and native[0, 0] == 2  # the border gets the map's minimum (here 2 everywhere)
+    ramp = np.arange(16, dtype=np.float32).reshape(4, 4)
+    native = _native_map(ramp, 20, 40, coverage=0.5)
+    assert native[0, 0] == 0.0 and native[10, 20] > 0.0

@@ -54,6 +54,9 @@ class AnomalyModule(pl.LightningModule):
     threshold_options: ThresholdOptions = ThresholdOptions()
     #: Keyword arguments of the PredictionWriter ``predict`` uses (the CLI's ``--output_dir``, ``--save_maps``, ...).
     prediction_options: dict[str, Any] = {}
+    #: The centred fraction of each input image side the anomaly map covers: a model that centre-crops its
+    #: input sets it, so native-size overlays and maps put the map where it belongs.
+    map_coverage: float = 1.0
 
     def __init__(self, pixel_metrics: str = "streaming", fpr_limit: float = 0.3, results_dir: str | None = None) -> None:
         super().__init__()

@@ -92,6 +92,7 @@ class PredictionWriter(BasePredictionWriter):
         self._rows = []
         self.value_range = self._given_range  # a Trainer reused for another predict run starts afresh
         self._thresholds = getattr(pl_module, "thresholds", None)
+        self._coverage = float(getattr(pl_module, "map_coverage", 1.0))
         preprocessing = getattr(pl_module, "preprocessing", None) or {}
         self._mean, self._std = preprocessing.get("mean"), preprocessing.get("std")
         if self._mean is None:
@@ -139,7 +140,7 @@ class PredictionWriter(BasePredictionWriter):
         else:  # not a file (an in-memory dataset): the batch's pixels, at the batch's size
             image = denormalize(batch["image"][i].detach().float().cpu().numpy(), self._mean, self._std)
         height, width = image.shape[:2]
-        native = cv2.resize(anomaly_map, (width, height), interpolation=cv2.INTER_LINEAR)
+        native = _native_map(anomaly_map, height, width, self._coverage)
         predicted = None
         if self._thresholds is not None:
             predicted = native >= self._thresholds.pixel_decision
@@ -173,6 +174,18 @@ class PredictionWriter(BasePredictionWriter):
         if self.save_masks and self._thresholds is None:
             print("No stored thresholds in this checkpoint: no binary masks written (fit calibrates them).")
         print(f"Predictions written to {self.output_dir / name}" + (" (+ overlays/)" if self.heatmaps else ""))
+
+
+def _native_map(anomaly_map: np.ndarray, height: int, width: int, coverage: float = 1.0) -> np.ndarray:
+    """The map at the native size; a map of a centre crop (``coverage`` < 1) goes into the crop's place and the
+    border (never scored) gets the map's minimum."""
+    if coverage >= 1.0:
+        return cv2.resize(anomaly_map, (width, height), interpolation=cv2.INTER_LINEAR)
+    crop_h, crop_w = max(1, round(height * coverage)), max(1, round(width * coverage))
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    native = np.full((height, width), float(anomaly_map.min()), dtype=np.float32)
+    native[top:top + crop_h, left:left + crop_w] = cv2.resize(anomaly_map, (crop_w, crop_h), interpolation=cv2.INTER_LINEAR)
+    return native
 
 
 def _dataset_paths(trainer: pl.Trainer) -> list[str]:
