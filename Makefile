@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install  ## train + test every model's demo config on the synthetic data, one side-by-side table (MODEL=uniad: one)
-	$(PY) -m benchmarks.suite.demo $(if $(MODEL),--model $(MODEL))
+	$(PY) -m benchmarks.suite.demo $(if $(MODEL),--model $(MODEL)) $(if $(THREADS),--threads $(THREADS))
 
 test: install  ## the test suite (slow end-to-end runs excluded; `make test-all` includes them)
 	$(PY) -m pytest -q -m "not slow"

@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="one model of the synthetic suite (default: the demo models)")
     parser.add_argument("--suite", type=Path, default=DEFAULT_SUITE)
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "results" / "demo")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default: torch's)")
     args = parser.parse_args(argv)
     stop_children_on_sigterm()
     synthetic = next((s for s in load_suite(args.suite) if s.name == SYNTHETIC), None)
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         entries = [e for e in entries if e.demo]
     start = time.perf_counter()
-    runner = Runner(runs_dir=args.runs_dir, force=True)
+    runner = Runner(runs_dir=args.runs_dir, force=True, threads=args.threads)
     print(f"make demo: {', '.join(e.model for e in entries)} on the built-in synthetic data (seed {first_seed}); "
           f"runs and logs in {args.runs_dir}", flush=True)
     records = runner.run_all(entries)
