@@ -17,14 +17,20 @@ from collections.abc import Iterator, Sized
 import torch
 import torch.distributed as dist
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 #: The index the filler sample carries (``Batch["index"]``); real samples have indices ≥ 0.
 FILLER_INDEX = -1
 
 
-class FillerSampler(Sampler[int]):
-    """One filler index for a rank whose shard is empty (the batch runs every collective, counts nothing)."""
+class FillerSampler(DistributedSampler):
+    """One filler index for a rank whose shard is empty (the batch runs every collective, counts nothing).
+
+    A ``DistributedSampler`` so that Lightning keeps it as it is (it wraps any other sampler in its own).
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
 
     def __iter__(self) -> Iterator[int]:
         return iter([FILLER_INDEX])
@@ -32,8 +38,6 @@ class FillerSampler(Sampler[int]):
     def __len__(self) -> int:
         return 1
 
-    def set_epoch(self, epoch: int) -> None:
-        """Nothing to reshuffle (Lightning calls it on every sampler)."""
 
 
 def eval_sampler(dataset: Dataset, num_replicas: int | None = None,
@@ -46,7 +50,7 @@ def eval_sampler(dataset: Dataset, num_replicas: int | None = None,
         num_replicas, rank = dist.get_world_size(), dist.get_rank()
     length = len(dataset) if isinstance(dataset, Sized) else 0
     if length and rank >= length:
-        return FillerSampler()
+        return FillerSampler(dataset, num_replicas, rank)
     return UnrepeatedDistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
 
 

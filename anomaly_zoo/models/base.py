@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from anomaly_zoo.data.sampler import is_filler
 from anomaly_zoo.metrics import COLUMNS, AnomalyMetrics, format_results_table, save_results
 from anomaly_zoo.metrics.thresholded import ThresholdedMetrics
 from anomaly_zoo.models.components.preprocessing import preprocessing_of
@@ -180,6 +181,8 @@ class AnomalyModule(pl.LightningModule):
             self._report_data.update(output, batch)
 
     def _eval_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        if is_filler(batch) is not None:  # the filler of an empty DDP shard (data/sampler.py): counts nothing
+            return {}
         if self._set_buffer is not None:
             return self._set_level_step(batch)
         output = self.anomaly_output(batch)
