@@ -82,10 +82,10 @@ def comparison_png(summary: pd.DataFrame, columns: tuple[str, ...], path: Path, 
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
     ax.set_xticks(x, columns)
     low = np.nanmin(ok[list(columns)].to_numpy(dtype=float))
-    ax.set_ylim(max(0, (low // 10) * 10 - 10), 102)
+    ax.set_ylim(max(0, (low // 10) * 10 - 10), 112)  # headroom above 100 for the legend row
     ax.set_ylabel("%  (mean ± std over seeds)")
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", ncol=len(ok), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
