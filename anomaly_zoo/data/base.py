@@ -13,7 +13,9 @@ from torch.utils.data import DataLoader
 from anomaly_zoo.data.collate import collate_samples
 from anomaly_zoo.data.dataset import AnomalyDataset, Sample
 from anomaly_zoo.data.errors import DatasetError, DuplicateCategoryWarning
+from anomaly_zoo.data.image_cache import attach_image_cache, resolve_cache_mode
 from anomaly_zoo.data.io import require_dir
+from anomaly_zoo.data.loader_options import loader_options
 from anomaly_zoo.data.resumable_loader import resumable_train_loader
 from anomaly_zoo.data.sampler import eval_sampler
 from anomaly_zoo.data.transforms import ImageSize, as_hw, build_transform
@@ -41,6 +43,8 @@ class AnomalyDataModule(pl.LightningDataModule):
         normalization: ``"imagenet"``, ``"clip"`` or ``"none"``.
         interpolation: image resize filter (PIL): ``"bilinear"`` (UniAD) or ``"bicubic"`` (CLIP models).
         train_augmentations: names from ``anomaly_zoo.data.transforms.AUGMENTATIONS`` (train only).
+        cache: decoded-image cache, ``auto`` (train/val on disk) | ``off`` | ``memory`` | ``disk`` (every split);
+            see :mod:`anomaly_zoo.data.image_cache`.
 
     ``check_files(splits)`` checks every file of those splits (headers only: corrupt images, masks of the
     wrong size, anomalous images with empty masks) and raises one ``DatasetError`` listing every problem.
@@ -64,8 +68,10 @@ class AnomalyDataModule(pl.LightningDataModule):
         normalization: str = "imagenet",
         interpolation: str = "bilinear",
         train_augmentations: list[str] | None = None,
+        cache: str = "auto",
     ) -> None:
         super().__init__()
+        resolve_cache_mode(cache, "train")  # an unknown mode fails here, before any data is read
         _require_positive("batch_size", batch_size)
         if eval_batch_size is not None:
             _require_positive("eval_batch_size", eval_batch_size)
@@ -84,6 +90,7 @@ class AnomalyDataModule(pl.LightningDataModule):
         self.normalization = normalization
         self.interpolation = interpolation
         self.train_augmentations = list(train_augmentations or [])
+        self.cache = cache
         self.train_dataset: AnomalyDataset | None = None
         self.val_dataset: AnomalyDataset | None = None
         self.test_dataset: AnomalyDataset | None = None
@@ -207,13 +214,18 @@ class AnomalyDataModule(pl.LightningDataModule):
     def _loader(self, dataset: AnomalyDataset | None, train: bool) -> DataLoader:
         if dataset is None:
             return []  # type: ignore[return-value]  # Lightning skips an empty loader list
+        # Decoded once per setting, then read from a memory map (see data/image_cache.py; exact: augmentation
+        # still runs per item). ``auto`` leaves alone what is read once: test, predict, single-pass fits.
+        read_once = train and self._single_pass_training() and self.cache == "auto"
+        dataset = attach_image_cache(dataset, "off" if read_once else self.cache)
+        options = loader_options(self.num_workers, getattr(self, "trainer", None))
         if train and not self._single_pass_training():
             # Seeded per epoch and stateful: a resumed run continues with the same order, mid-epoch too.
             return resumable_train_loader(
                 dataset,
                 batch_size=self.batch_size,
                 num_workers=self.num_workers,
-                persistent_workers=self.num_workers > 0,
+                **options,
                 drop_last=len(dataset) > self.batch_size,
                 collate_fn=collate_samples,
             )
@@ -224,6 +236,7 @@ class AnomalyDataModule(pl.LightningDataModule):
             shuffle=False,
             sampler=eval_sampler(dataset),
             num_workers=self.num_workers,
+            **options,
             collate_fn=collate_samples,
         )
 

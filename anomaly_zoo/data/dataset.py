@@ -55,11 +55,21 @@ class AnomalyDataset(Dataset):
         """Categories in first-seen order."""
         return list(dict.fromkeys(s.category for s in self.samples))
 
-    def __getitem__(self, index: int) -> dict:
+    #: The decoded-image cache (``anomaly_zoo.data.image_cache``), attached by the DataModule's loaders.
+    image_cache = None
+
+    def decoded(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W, 3) uint8 image and (H, W) bool mask at ``image_size``, before any augmentation."""
+        if self.image_cache is not None:
+            return self.image_cache.item(index)
         sample = self.samples[index]
         image = read_image(sample.image_path)
         mask = merge_masks(sample.mask_paths, sample.image_path, image.shape[:2])
-        image, mask = resize_pair(image, mask, self.image_size, self.interpolation)
+        return resize_pair(image, mask, self.image_size, self.interpolation)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        image, mask = self.decoded(index)
         out = self.transform(image=image, mask=mask.astype(np.uint8))
         return {
             "image": out["image"].float(),
