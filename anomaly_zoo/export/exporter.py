@@ -101,17 +101,26 @@ def export_model(
     torch.backends.mha.set_fastpath_enabled(False)
     graph.exporting = True
     try:
-        if export_format == "onnx":
-            from anomaly_zoo.export.to_onnx import export_onnx, run_onnx
+        try:
+            if export_format == "onnx":
+                from anomaly_zoo.export.to_onnx import export_onnx, run_onnx
 
-            exporter = export_onnx(graph, example, path, metadata_json(metadata), opset, onnx_exporter,
-                                   dynamic_batch=batch_size is None)
-            exported = run_onnx(path, check)
-        else:
-            from anomaly_zoo.export.to_torchscript import export_torchscript, run_torchscript
+                exporter = export_onnx(graph, example, path, metadata_json(metadata), opset, onnx_exporter,
+                                       dynamic_batch=batch_size is None)
+                exported = run_onnx(path, check)
+            else:
+                from anomaly_zoo.export.to_torchscript import export_torchscript, run_torchscript
 
-            exporter = export_torchscript(graph, example, path, metadata_json(metadata))
-            exported = run_torchscript(path, check)
+                exporter = export_torchscript(graph, example, path, metadata_json(metadata))
+                exported = run_torchscript(path, check)
+        except ExportError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the tracers raise anything: one line naming the cause
+            from anomaly_zoo.export.to_onnx import short_error
+
+            hint = "" if batch_size is not None else " (a model that builds batch-sized constants: try --batch_size N)"
+            raise ExportError(f"{type(model).__name__} could not be exported to {export_format}: "
+                              f"{short_error(err)}{hint}") from err
     finally:
         model._jit_is_scripting = scripting
         torch.backends.mha.set_fastpath_enabled(fastpath)

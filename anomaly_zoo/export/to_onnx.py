@@ -55,7 +55,7 @@ def export_onnx(graph: torch.nn.Module, example: torch.Tensor, path: Path, metad
         exporter = "torch.onnx dynamo exporter"
     except Exception as dynamo_error:  # noqa: BLE001 - any failure (e.g. a data-dependent branch): try tracing
         if exporter == "dynamo":
-            raise RuntimeError(f"ONNX export (dynamo) failed: {dynamo_error}") from dynamo_error
+            raise RuntimeError(f"dynamo exporter: {short_error(dynamo_error)}") from dynamo_error
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -63,13 +63,23 @@ def export_onnx(graph: torch.nn.Module, example: torch.Tensor, path: Path, metad
                 torch.onnx.export(graph, (example,), str(path), dynamo=False, opset_version=opset or 17,
                                   dynamic_axes=axes if dynamic_batch else None, **names)
         except Exception as err:
-            raise RuntimeError(f"ONNX export failed (dynamo: {dynamo_error}; TorchScript-based: {err})") from err
+            raise RuntimeError(f"dynamo exporter: {short_error(dynamo_error)}; tracing exporter: {short_error(err)}") from err
         exporter = "torch.onnx TorchScript-based exporter"
     model = onnx.load(str(path))
     entry = model.metadata_props.add()
     entry.key, entry.value = "anomaly_zoo", metadata
     onnx.save(model, str(path))
     return exporter
+
+
+def short_error(err: BaseException, limit: int = 400) -> str:
+    """The informative line of a torch.onnx error (its messages run to pages: graph dumps, next steps)."""
+    text = str(err)
+    if "## Exception summary" in text:
+        text = text.split("## Exception summary", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("(Refer")]
+    summary = next((line for line in lines if line.startswith("<class")), lines[0] if lines else type(err).__name__)
+    return summary[:limit]
 
 
 def run_onnx(path: Path, images: torch.Tensor) -> list[np.ndarray]:
