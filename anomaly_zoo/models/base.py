@@ -245,7 +245,12 @@ class AnomalyModule(pl.LightningModule):
         thresholded, self._thresholded = self._thresholded, None
         if thresholded is None:
             return table
-        return table.join(thresholded.compute(), how="left")
+        extra = thresholded.compute()
+        if "mean" in extra.index:
+            for column, value in extra.loc["mean"].items():
+                if pd.notna(value):
+                    self.log(f"test/{column}", float(value))
+        return table.join(extra, how="left")
 
     def results_caption(self) -> str:
         datamodule = self.trainer.datamodule

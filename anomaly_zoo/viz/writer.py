@@ -117,6 +117,8 @@ class PredictionWriter(BasePredictionWriter):
         decisions = prediction.get("pred_label")
         index = batch.get("index") if isinstance(batch, dict) else None
         for i, path in enumerate(prediction["path"]):
+            if index is not None and int(index[i]) < 0:
+                continue  # the filler of an empty DDP shard (data/sampler.py): not an image the user gave
             category = prediction["category"][i]
             name = self._name(str(path), category, int(index[i]) if index is not None else len(self._rows))
             row: dict[str, Any] = {
