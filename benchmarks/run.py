@@ -30,7 +30,8 @@ from benchmarks.suite.report import write_reports  # noqa: E402
 from benchmarks.suite.runner import DEFAULT_RUNS_DIR, Record, Runner, stop_children_on_sigterm  # noqa: E402
 from benchmarks.suite.spec import DEFAULT_SUITE, load_suite, skip_reason  # noqa: E402
 
-QUICK_ARGS = {"bench_metrics.py": ["--quick"], "bench_uniad.py": ["--repeats", "2", "--configs", "demo"]}
+QUICK_ARGS = {"bench_metrics.py": ["--quick"], "bench_uniad.py": ["--repeats", "2", "--configs", "demo"],
+              "bench_data_cache.py": ["--quick"]}
 
 
 def run_micro(quick: bool, output_dir: Path | None) -> int:

@@ -279,7 +279,8 @@ def test_worker_errors_are_unwrapped_to_the_dataset_message(tmp_path):
     root = make_mvtec(tmp_path, categories=("widget",), n_train=2, n_good=1)
     broken = root / "widget/train/good/001.png"
     broken.write_bytes(b"garbage")
-    dm = MVTecAD(root, category="widget", image_size=32, num_workers=1, batch_size=2)
+    # cache off: a decoded-image cache would meet the bad file in the main process, before any worker
+    dm = MVTecAD(root, category="widget", image_size=32, num_workers=1, batch_size=2, cache="off")
     dm.setup("fit")  # no check_splits: the bad file is only met when a worker reads it
     with pytest.raises(DatasetError) as info:
         next(iter(dm.train_dataloader()))

@@ -149,7 +149,7 @@ class CIFAR10(AnomalyDataModule):
             seeded by ``seed``); ``false`` keeps every anomalous test image.
         seed: seed of that sample.
         image_size: images are upsampled from 32 px (the authors: 224, PIL Lanczos — ``interpolation``).
-        batch_size, eval_batch_size, num_workers, normalization, interpolation, train_augmentations:
+        batch_size, eval_batch_size, num_workers, normalization, interpolation, train_augmentations, cache:
             as in :class:`~anomaly_zoo.data.base.AnomalyDataModule`.
 
     Pixel metrics are undefined here (all masks are zero): read I-AUROC / I-AP / I-F1max.
@@ -171,6 +171,7 @@ class CIFAR10(AnomalyDataModule):
         normalization: str = "imagenet",
         interpolation: str = "lanczos",
         train_augmentations: list[str] | None = None,
+        cache: str = "auto",
     ) -> None:
         super().__init__(
             root=root,
@@ -182,6 +183,7 @@ class CIFAR10(AnomalyDataModule):
             normalization=normalization,
             interpolation=interpolation,
             train_augmentations=train_augmentations,
+            cache=cache,
         )
         self.normal_classes = parse_normal_classes(category)
         self.balance_test = balance_test

@@ -73,6 +73,7 @@ class Folder(AnomalyDataModule):
         normalization: str = "imagenet",
         interpolation: str = "bilinear",
         train_augmentations: list[str] | None = None,
+        cache: str = "auto",
     ) -> None:
         if not isinstance(category, str) or category == "all" or not category:
             raise DatasetError(f"Folder `category` must be one name for this data (got {category!r}).")
@@ -89,6 +90,7 @@ class Folder(AnomalyDataModule):
             normalization=normalization,
             interpolation=interpolation,
             train_augmentations=train_augmentations,
+            cache=cache,
         )
         self.normal_dir = self._path(normal_dir)
         self.abnormal_dir = self._path(abnormal_dir)

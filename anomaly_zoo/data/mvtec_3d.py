@@ -117,6 +117,7 @@ class MVTec3D(AnomalyDataModule):
         normalization: str = "imagenet",
         interpolation: str = "bilinear",
         train_augmentations: list[str] | None = None,
+        cache: str = "auto",
         load_xyz: bool = False,
     ) -> None:
         super().__init__(
@@ -129,6 +130,7 @@ class MVTec3D(AnomalyDataModule):
             normalization=normalization,
             interpolation=interpolation,
             train_augmentations=train_augmentations,
+            cache=cache,
         )
         self.load_xyz = load_xyz
         if load_xyz and train_augmentations:

@@ -59,6 +59,7 @@ class MVTecAD2(AnomalyDataModule):
         normalization: str = "imagenet",
         interpolation: str = "bilinear",
         train_augmentations: list[str] | None = None,
+        cache: str = "auto",
         test_split: str = "test_public",
     ) -> None:
         if test_split not in TEST_SPLITS:
@@ -75,6 +76,7 @@ class MVTecAD2(AnomalyDataModule):
             normalization=normalization,
             interpolation=interpolation,
             train_augmentations=train_augmentations,
+            cache=cache,
         )
         self.test_split = test_split
 

@@ -79,6 +79,7 @@ class RealIAD(AnomalyDataModule):
         normalization: str = "imagenet",
         interpolation: str = "bilinear",
         train_augmentations: list[str] | None = None,
+        cache: str = "auto",
         resolution: int | str = 1024,
         split_dir: str | Path = "realiad_jsons/realiad_jsons",
     ) -> None:
@@ -96,6 +97,7 @@ class RealIAD(AnomalyDataModule):
             normalization=normalization,
             interpolation=interpolation,
             train_augmentations=train_augmentations,
+            cache=cache,
         )
         self.images_dir = self.root / f"realiad_{resolution}"
         self.split_dir = self.root / Path(split_dir).expanduser()

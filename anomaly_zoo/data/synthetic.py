@@ -231,7 +231,7 @@ class SyntheticDataModule(AnomalyDataModule):
         num_test: test images per category (half anomalous).
         seed: the random seed (≥ 0) of the whole dataset.
         image_size: size the images are resized to; default ``None`` keeps the generated size.
-        batch_size, eval_batch_size, num_workers, normalization, interpolation, train_augmentations:
+        batch_size, eval_batch_size, num_workers, normalization, interpolation, train_augmentations, cache:
             as in :class:`~anomaly_zoo.data.base.AnomalyDataModule`.
     """
 
@@ -254,6 +254,7 @@ class SyntheticDataModule(AnomalyDataModule):
         normalization: str = "imagenet",
         interpolation: str = "bilinear",
         train_augmentations: list[str] | None = None,
+        cache: str = "auto",
     ) -> None:
         spec = SyntheticSpec(generated_size, num_train, num_val, num_test, seed)
         super().__init__(
@@ -266,6 +267,7 @@ class SyntheticDataModule(AnomalyDataModule):
             normalization=normalization,
             interpolation=interpolation,
             train_augmentations=train_augmentations,
+            cache=cache,
         )
         self.spec = spec
         #: Whether this instance rendered the files (``False`` when they were already on disk).

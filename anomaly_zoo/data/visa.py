@@ -64,6 +64,7 @@ class VisA(AnomalyDataModule):
         normalization: str = "imagenet",
         interpolation: str = "bilinear",
         train_augmentations: list[str] | None = None,
+        cache: str = "auto",
         split_file: str | Path = "split_csv/1cls.csv",
     ) -> None:
         super().__init__(
@@ -76,6 +77,7 @@ class VisA(AnomalyDataModule):
             normalization=normalization,
             interpolation=interpolation,
             train_augmentations=train_augmentations,
+            cache=cache,
         )
         self.split_file = self.root / Path(split_file).expanduser()
 

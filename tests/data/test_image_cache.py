@@ -260,3 +260,14 @@ def test_workers_map_the_files_instead_of_receiving_a_copy(tmp_path):
     assert len(blob) < dataset.image_cache.nbytes  # the pixels are not in the pickle
     clone = pickle.loads(blob)
     assert torch.equal(clone[1]["image"], dataset[1]["image"]) and torch.equal(clone[1]["mask"], dataset[1]["mask"])
+
+
+def test_every_datamodule_takes_the_cache_option():
+    import inspect
+
+    composite = {"cross_dataset", "multi_dataset", "images"}  # their members' loaders / predict only (auto = off)
+    missing = [n for n in DATAMODULES.names()
+               if n not in composite and "cache" not in inspect.signature(DATAMODULES[n].__init__).parameters]
+    assert missing == []
+    with pytest.raises(DatasetError, match="`cache` must be one of"):
+        DATAMODULES["mvtec_ad"](root=".", cache="ram")
