@@ -138,7 +138,9 @@ class UniAD(AnomalyModule):
         else:
             features = self.model.extract_features(images)
         loss = self.model.reconstruction_loss(features)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=images.shape[0])
+        # sync_dist: the logged loss is the mean over every rank's batch, not rank 0's alone.
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=images.shape[0],
+                 sync_dist=True)
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:
