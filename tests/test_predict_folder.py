@@ -199,3 +199,31 @@ def test_a_centre_crop_map_lands_in_the_crop_of_the_native_image():
     ramp = np.arange(16, dtype=np.float32).reshape(4, 4)
     native = _native_map(ramp, 20, 40, coverage=0.5)
     assert native[0, 0] == 0.0 and native[10, 20] > 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_three_deploy_commands_end_to_end(folders, tmp_path):
+    """fit (calibrates) → `predict CKPT FOLDER` (short form) → `export` (parity), as a user runs them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cli = str(Path(sys.executable).with_name("anomaly-zoo"))
+
+    def run(*args):
+        done = subprocess.run([cli, *args], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    run("fit", "--model", "feature_distance", "--data", "synthetic", "--model.pretrained", "false",
+        "--data.category", "[stripes]", "--data.image_size", "32", "--data.num_workers", "0",
+        "--data.root", str(tmp_path / "data"), "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(tmp_path / "results"), "--threshold.quantile", "0.9")
+    ckpt = next((tmp_path / "results").rglob("*.ckpt"))
+    run("predict", "--ckpt_path", str(ckpt), str(folders), "--output_dir", str(tmp_path / "pred"), "--save_masks")
+    table = pd.read_csv(tmp_path / "pred" / "predictions.csv", keep_default_na=False)
+    assert len(table) == 5 and (table["label"] == "").all() and set(table["pred_label"]) <= {0, 1}
+    assert len(list((tmp_path / "pred" / "masks").rglob("*.png"))) == 5
+    exported = run("export", "--ckpt_path", str(ckpt), "--format", "onnx", "--output", str(tmp_path / "model.onnx"))
+    assert "max |Δ map|" in exported.stdout and (tmp_path / "model.onnx").is_file()
