@@ -111,3 +111,30 @@ def test_moeclip_exports_to_torchscript_at_a_fixed_batch_size(tmp_path):
     """Per-image text prompts make batch-sized constants: dynamic batch is not traceable, a fixed one is."""
     result = export_model(demo_model("moeclip"), "torchscript", tmp_path / "moeclip", batch_size=2)
     assert result.max_map_diff <= 1e-4 and result.max_score_diff <= 1e-4
+
+
+def test_a_stable_sort_exports_as_topk_with_the_same_tie_order(tmp_path):
+    """Routers sort stably (device-independent expert choice); torch.onnx has no translation of its own."""
+    from anomaly_zoo.export.to_onnx import _translations
+
+    class Sort(torch.nn.Module):
+        def forward(self, x):
+            return torch.sort(x, dim=-1, descending=True, stable=True)
+
+    x = torch.tensor([[0.1, 0.5, 0.5, 0.2, 0.5], [1.0, 1.0, 0.0, 1.0, 2.0]])  # ties: lower index first
+    program = torch.onnx.export(Sort().eval(), (x,), dynamo=True, custom_translation_table=_translations(),
+                                external_data=False)
+    program.save(str(tmp_path / "sort.onnx"), external_data=False)
+    session = onnxruntime.InferenceSession(str(tmp_path / "sort.onnx"), providers=["CPUExecutionProvider"])
+    values, indices = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    expected = Sort()(x)
+    np.testing.assert_array_equal(indices, expected.indices.numpy())
+    assert indices[0].tolist() == [1, 2, 4, 3, 0]
+    np.testing.assert_array_equal(values, expected.values.numpy())
+
+
+@pytest.mark.slow
+def test_moeclip_exports_to_onnx_at_a_fixed_batch_size(tmp_path):
+    result = export_model(demo_model("moeclip"), "onnx", tmp_path / "moeclip", batch_size=1)
+    assert result.exporter == "torch.onnx dynamo exporter"
+    assert result.max_map_diff <= 1e-4 and result.max_score_diff <= 1e-4

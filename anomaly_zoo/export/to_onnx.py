@@ -27,6 +27,23 @@ def _require(module: str):
 ONNX_EXPORTERS = ("auto", "dynamo", "tracing")
 
 
+def _stable_sort(self, stable=None, dim: int = -1, descending: bool = False):
+    """``torch.sort(stable=True)`` as ONNX ``TopK`` over the whole axis (torch.onnx has no translation for it).
+
+    Exact, ties included: ONNX specifies that of two equal elements TopK puts the lower index first — the
+    stable order. (Routers use the stable sort so expert choice does not depend on the device.)
+    """
+    from onnxscript import opset18 as op
+
+    k = op.Gather(op.Shape(self), op.Constant(value_ints=[dim]), axis=0)
+    values, indices = op.TopK(self, k, axis=dim, largest=1 if descending else 0, sorted=1)
+    return values, indices
+
+
+def _translations() -> dict:
+    return {torch.ops.aten.sort.stable: _stable_sort}
+
+
 def export_onnx(graph: torch.nn.Module, example: torch.Tensor, path: Path, metadata: str, opset: int | None,
                 exporter: str = "auto", dynamic_batch: bool = True) -> str:
     """Write ``path``; returns which exporter produced it. Metadata goes into the model's ``metadata_props``.
@@ -48,7 +65,7 @@ def export_onnx(graph: torch.nn.Module, example: torch.Tensor, path: Path, metad
         batch = torch.export.Dim("batch", min=1, max=1024)
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(graph, (example,), dynamo=True,
+            program = torch.onnx.export(graph, (example,), dynamo=True, custom_translation_table=_translations(),
                                         dynamic_shapes=({0: batch},) if dynamic_batch else None,
                                         opset_version=opset, external_data=False, **names)
         program.save(str(path), external_data=False)
