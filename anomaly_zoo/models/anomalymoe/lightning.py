@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
@@ -24,7 +25,7 @@ from anomaly_zoo.models.anomalymoe.fusion import (
     level_weights,
     top_percent_score,
 )
-from anomaly_zoo.models.anomalymoe.model import AnomalyMoEModel
+from anomaly_zoo.models.anomalymoe.model import AnomalyMoEModel, component_map_from_scores
 from anomaly_zoo.models.anomalymoe.routing_stats import RoutingStatistics
 from anomaly_zoo.models.anomalymoe.stable_adamw import StableAdamW, warm_cosine_factor
 from anomaly_zoo.models.base import AnomalyModule
@@ -75,8 +76,6 @@ class AnomalyMoE(AnomalyModule):
         component_masks: prepare and attach component masks (needs the mask module); ``false`` = patch and
             global levels only in practice (component experts then see no components).
         mask_settings: keyword arguments for ``attach_component_masks``.
-        component_stat_size: side at which the test-set protocol keeps each image's component map until the
-            epoch ends (patch/global maps stay on the token grid).
         map_size, blur_sigma, top_fraction: final map side (256), Gaussian σ (4) and the image-score fraction.
     """
 
@@ -131,7 +130,6 @@ class AnomalyMoE(AnomalyModule):
         normalization: str = "training",
         component_masks: bool = True,
         mask_settings: dict | None = None,
-        component_stat_size: int = 128,
         map_size: int = 256,
         blur_sigma: float = 4.0,
         top_fraction: float = 0.01,
@@ -286,16 +284,31 @@ class AnomalyMoE(AnomalyModule):
         for level, m in zip(LEVELS, maps):
             stats[f"{level}_min"] = m.flatten(1).amin(1)
             stats[f"{level}_max"] = m.flatten(1).amax(1)
-        s = self.hparams.component_stat_size
         stats["patch_map"] = out["patch"][:, 0].float()
         stats["global_map"] = out["global"][:, 0].float()
-        stats["component_map"] = F.adaptive_avg_pool2d(out["component"], (s, s))[:, 0].float() \
-            if self.model.counts[2] else out["component"].new_zeros(images.shape[0], 1, 1)
+        # The component map is exact and compact as its scores (B, K) plus the binary masks, bit-packed.
+        masks = self._extras(images).get("component_masks")
+        if out["component_scores"] is not None and masks is not None:
+            stats["component_scores"] = out["component_scores"].float()
+            bits = np.packbits(masks.detach().cpu().numpy().astype(bool).reshape(masks.shape[0], -1), axis=1)
+            stats["component_bits"] = torch.from_numpy(bits)
+        else:
+            stats["component_scores"] = images.new_zeros(images.shape[0], 1)
+            stats["component_bits"] = torch.zeros(images.shape[0], 0, dtype=torch.uint8)
         stats["level_weights"] = out["level_weights"].float()
         return {"set_stats": stats}
 
     def finish_set(self, set_stats: dict[str, torch.Tensor], ranges: dict[str, tuple]) -> dict[str, torch.Tensor]:
         size = self._eval_size
+        scores, bits = set_stats["component_scores"], set_stats["component_bits"]
+        if bits.shape[1]:
+            k = scores.shape[1]
+            masks = np.unpackbits(bits.cpu().numpy(), axis=1, count=k * size[0] * size[1])
+            masks = torch.from_numpy(masks.reshape(-1, k, *size)).to(scores.device)
+            component = component_map_from_scores(scores, masks)
+        else:
+            component = scores.new_zeros(scores.shape[0], 1, *size)
+        set_stats = {**set_stats, "component_map": component[:, 0]}
         maps = [set_stats[f"{level}_map"].unsqueeze(1) for level in LEVELS]
         level_ranges = [(ranges[f"{level}_min"][0].to(maps[0]), ranges[f"{level}_max"][1].to(maps[0]))
                         for level in LEVELS]

@@ -49,6 +49,11 @@ def _mean(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack(list(tensors), dim=0).mean(dim=0)
 
 
+def component_map_from_scores(scores: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """max_c score_c · mask_c: (B, K) scores (≥ 0), (B, K, H, W) binary masks → (B, 1, H, W)."""
+    return (scores[:, :, None, None] * masks.to(scores.dtype)).amax(dim=1, keepdim=True)
+
+
 class AnomalyMoEModel(nn.Module):
     """AnomalyMoE; defaults are the authors'. See ``AnomalyMoE`` (lightning.py) for every option."""
 
@@ -348,6 +353,7 @@ class AnomalyMoEModel(nn.Module):
             global_map.index_add_(0, idx, weights[idx, sl.start + i].view(-1, 1, 1, 1) * err)
 
         component_map = images.new_zeros(batch, 1, *images.shape[-2:])
+        component_scores = None
         if self.counts[2] and component_masks is not None:
             valid = self._valid(component_masks, component_valid)
             if valid.any():
@@ -361,8 +367,7 @@ class AnomalyMoEModel(nn.Module):
                     idx = self._rows(rows)
                     dist = component_distance(expert(feats[idx]), feats[idx])
                     scores.index_add_(0, idx, weights[idx, sl.start + i].unsqueeze(1) * dist)
-                scores = scores * valid  # filtered/absent clusters never contribute
-                masks = component_masks.to(images.dtype)
-                component_map = (scores[:, :, None, None] * masks).amax(dim=1, keepdim=True)
+                component_scores = scores * valid  # filtered/absent clusters never contribute
+                component_map = component_map_from_scores(component_scores, component_masks)
         return {"patch": patch_map, "global": global_map, "component": component_map, "routing": routing,
-                "grid": grid, "num_prefix": prefix}
+                "component_scores": component_scores, "grid": grid, "num_prefix": prefix}
