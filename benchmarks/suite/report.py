@@ -45,6 +45,18 @@ def _entry_notes(suites: list[Suite], suite_name: str) -> str:
     return "".join(f"\n- `{model}`: {note}" for model, note in notes.items()) + ("\n" if notes else "")
 
 
+OWN = {"README.md", "synthetic.md", "datasets.md", "published.md", "speed.md"}
+
+
+def _other_reports(output_dir: Path) -> str:
+    """Reports in the folder that the suite does not write (micro-benchmarks, other tools), linked too."""
+    others = sorted(p.name for p in output_dir.glob("*.md") if p.name not in OWN)
+    if not others:
+        return ""
+    return ("- other reports here, not rebuilt by the suite (`python -m benchmarks --micro` rebuilds metrics.md "
+            "and uniad.md): " + ", ".join(f"[{name}]({name})" for name in others) + "\n")
+
+
 def write_reports(records: list[Record], suites: list[Suite], output_dir: Path) -> list[Path]:
     """Write every table and plot; returns the written paths."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -167,7 +179,8 @@ def write_reports(records: list[Record], suites: list[Suite], output_dir: Path) 
         "AnomalyMoE's unified setting (expected time per entry)",
         "- [published.md](published.md): the papers' and re-runs' numbers beside ours",
         "- [speed.md](speed.md): speed, memory, ratio to the frozen backbone, evaluation share",
-        "- CSV sources: runs.csv (every run, per category), synthetic.csv, datasets.csv, published.csv, speed.csv\n",
+        "- CSV sources: runs.csv (every run, per category), synthetic.csv, datasets.csv, published.csv, speed.csv",
+        _other_reports(output_dir),
         "## Not run here\n",
         "\n".join(status_lines) if status_lines else "Every entry ran.",
         "",
