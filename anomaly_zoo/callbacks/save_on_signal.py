@@ -43,6 +43,8 @@ class SaveOnSignal(pl.Callback):
         self.signals = tuple(signals)
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
+        self._launcher: Any = None
+        self._forwarded: set[int] = set()
 
     # ---- handlers ----------------------------------------------------------------------------------
     def _handler(self, signum: int, frame: Any) -> None:
@@ -51,15 +53,20 @@ class SaveOnSignal(pl.Callback):
         self.received = signum
         if signum == signal.SIGINT:
             sys.stderr.write("\nCtrl-C: saving a resumable checkpoint after this batch (Ctrl-C again: stop now)\n")
-        previous = self._previous.get(signum)
-        if callable(previous) and signum != signal.SIGINT:
-            previous(signum, frame)  # e.g. Lightning's own SIGTERM handler (it forwards the signal to its workers)
+        if self._launcher is not None and signum not in self._forwarded:
+            # Lightning started the other ranks itself: pass the signal on, as its own SIGTERM handler does.
+            self._forwarded.add(signum)
+            self._launcher.kill(signum)
+        # Lightning's SIGTERM handler is replaced, not chained: it runs a collective (a broadcast) inside the
+        # handler, which the ranks reach at different points of their step and which can then deadlock.
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Installed after Lightning's own handlers (registered when the run starts), which are chained for
         # SIGTERM and put back, with the handlers from before the run, when Lightning tears down.
         if threading.current_thread() is not threading.main_thread():
             return
+        launcher = trainer.strategy.launcher
+        self._launcher = launcher if launcher is not None and hasattr(launcher, "procs") else None
         environment = trainer._accelerator_connector.cluster_environment
         slurm_requeue = isinstance(environment, SLURMEnvironment) and environment.auto_requeue
         for name in self.signals:
