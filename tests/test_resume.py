@@ -109,8 +109,10 @@ def test_crash_resumes_from_the_periodic_last_ckpt(tmp_path: Path, uninterrupted
     assert_same(weights(fit(tmp_path, [], ckpt_path=str(last))), uninterrupted)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: a checkpoint written after the FIRST batch of epoch 1 (step 4) "
-                   "resumes with other weights, although data order and LR match; steps 2, 3, 5, 6, 7 are exact")
+@pytest.mark.xfail(strict=True, reason="known bug: resumed from the checkpoint after step 4 (the first batch of epoch "
+                   "1), random state, weights, optimiser state, LR and batch indices all equal the uninterrupted run's "
+                   "up to the start of step 8, yet step 8's update differs in the last bits; resumes from steps 2, 3, "
+                   "5, 6 and 7 are exact")
 @pytest.mark.timeout(300)
 def test_resume_after_the_first_batch_of_an_epoch(tmp_path: Path, uninterrupted):
     with pytest.raises(RuntimeError, match="simulated crash"):
