@@ -44,14 +44,23 @@ def srun(args: list[str], cwd: Path, tmp_path: Path, port: int) -> list[subproce
                "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_NODEID": "0",
                "SLURM_NODELIST": "127.0.0.1", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "anomaly-zoo",
                "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "PATH": f"{fake_bin}:{os.environ['PATH']}"}
-        processes.append(subprocess.Popen([CLI, *args, "--trainer.devices", "2", "--trainer.strategy", "ddp"],
-                                          cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True))
+        # Output to files, not pipes: a pipe nobody reads while the test waits would block the run when full.
+        log = open(tmp_path / f"task{rank}-{len(list(tmp_path.glob('task*.log')))}.log", "w")  # noqa: SIM115
+        process = subprocess.Popen([CLI, *args, "--trainer.devices", "2", "--trainer.strategy", "ddp"],
+                                   cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        process.log_path = log.name
+        processes.append(process)
     return processes
 
 
 def finish(processes: list[subprocess.Popen], timeout: int = 300) -> list[tuple[int, str]]:
-    return [(p.wait(timeout=timeout), p.communicate()[1]) for p in processes]
+    try:
+        codes = [p.wait(timeout=timeout) for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+    return [(code, Path(p.log_path).read_text()) for code, p in zip(codes, processes)]
 
 
 @pytest.mark.slow
