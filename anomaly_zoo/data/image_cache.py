@@ -47,7 +47,7 @@ from PIL import Image
 
 from anomaly_zoo.data.errors import DatasetError
 
-__all__ = ["CACHE_MODES", "DecodedImageCache", "ImageCacheWarning", "attach_image_cache", "resolve_cache_mode"]
+__all__ = ["CACHE_MODES", "CacheStorageError", "DecodedImageCache", "ImageCacheWarning", "attach_image_cache", "resolve_cache_mode"]
 
 CACHE_MODES = ("auto", "off", "memory", "disk")
 #: Replaces ``auto`` for every DataModule (e.g. ``ANOMALY_ZOO_IMAGE_CACHE=off`` in a CI job).
@@ -64,6 +64,10 @@ Decoded = tuple[np.ndarray, np.ndarray]
 
 class ImageCacheWarning(UserWarning):
     """The decoded-image cache could not be used (``auto``): the run continues uncached."""
+
+
+class CacheStorageError(DatasetError):
+    """The cache directory is not writable or has no room (with ``auto`` a warning, not an error)."""
 
 
 def cache_root() -> Path:
@@ -263,14 +267,14 @@ def _check_writable(directory: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        raise DatasetError(
+        raise CacheStorageError(
             f"The image cache directory '{directory}' is not writable ({err.strerror or err}): set "
             "$ANOMALY_ZOO_CACHE to a writable directory, or use `cache: memory` or `cache: off`."
         ) from err
 
 
 def _full_error(directory: Path, needed: int, free: int) -> DatasetError:
-    return DatasetError(
+    return CacheStorageError(
         f"Not enough space for the image cache in '{directory}': it needs {_human(needed)}, {_human(free)} are "
         "free. Free some space, set $ANOMALY_ZOO_CACHE to another disk, or use `cache: memory` or `cache: off`."
     )
@@ -332,7 +336,7 @@ def build_on_disk(
         except OSError as err:
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise _full_error(directory, needed, shutil.disk_usage(directory).free) from err
-            raise DatasetError(f"Cannot write the image cache '{final}': {err}") from err
+            raise CacheStorageError(f"Cannot write the image cache '{final}': {err}") from err
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is ever left behind
@@ -399,19 +403,14 @@ def attach_image_cache(dataset: Any, mode: str) -> Any:
         try:
             cache = build_on_disk(dataset.samples, dataset.image_size, dataset.interpolation, decode, code,
                                   threads=threads)
-        except DatasetError as err:
-            if mode != "auto" or not _is_storage_error(err):
+        except CacheStorageError as err:
+            if mode != "auto":
                 raise
             warnings.warn(f"{err} Continuing without the image cache.", ImageCacheWarning, stacklevel=2)
             return dataset
     dataset.image_cache = cache
     dataset._image_cache_mode = resolved
     return dataset
-
-
-def _is_storage_error(err: DatasetError) -> bool:
-    text = str(err)
-    return "not writable" in text or "Not enough space" in text or "Cannot write the image cache" in text
 
 
 def _decoding_functions(dataset: Any) -> list[Callable]:

@@ -198,13 +198,13 @@ def _build_in_child(root: str, cache: str, queue) -> None:
 def test_two_processes_building_at_once_make_one_valid_cache(tmp_path):
     _dataset(tmp_path / "imgs", n=12, size=(16, 16))  # write the files once, before either process stats them
     cache = tmp_path / "cache"
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")  # two real processes (as DDP ranks), without re-importing torch in each
     queue = ctx.Queue()
     procs = [ctx.Process(target=_build_in_child, args=(str(tmp_path / "imgs"), str(cache), queue)) for _ in range(2)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(60)
+        p.join(120)
         assert p.exitcode == 0
     dirs = {queue.get(timeout=5), queue.get(timeout=5)}
     assert len(dirs) == 1
