@@ -351,7 +351,8 @@ class AnomalyZooCLI(LightningCLI):
         try:
             super()._run_subcommand(subcommand)
         except BaseException:
-            _remove_if_unused(created)
+            if self.trainer.is_global_zero:  # another rank's failure must not delete rank 0's run folder
+                _remove_if_unused(created)
             raise
 
     def after_fit(self) -> None:
