@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from anomaly_zoo.metrics import load_results
 from tests.test_ddp_fit import COMMON, MODELS
@@ -107,7 +108,8 @@ def test_slurm_requeue_signal_and_sigterm_leave_resumable_checkpoints(tmp_path: 
     assert "requeue 4242" in (tmp_path / "scontrol.log").read_text()
     assert "Resume with:" in results[0][1] and "--ckpt_path" in results[0][1]
     # The requeued job runs the same command: Lightning finds hpc_ckpt_1.ckpt in default_root_dir and resumes.
-    again = srun([*args[:-4], "--trainer.max_epochs", "2", *args[-2:]], tmp_path, tmp_path, free_port())
+    epochs = torch.load(root / "hpc_ckpt_1.ckpt", weights_only=True)["epoch"] + 2  # one more epoch to train
+    again = srun([*args[:-4], "--trainer.max_epochs", str(epochs), *args[-2:]], tmp_path, tmp_path, free_port())
     results = finish(again)
     assert [code for code, _ in results] == [0, 0], results[0][1][-3000:]
     assert "hpc_ckpt_1.ckpt" in results[0][1]
