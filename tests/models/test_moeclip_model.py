@@ -156,3 +156,16 @@ def test_missing_pretrained_weights_is_one_clear_error(monkeypatch, tmp_path):
         MoECLIPModel()  # the paper defaults: ViT-L-14-336 / openai
     with pytest.raises(PretrainedWeightsError, match="backbone_weights"):
         MoECLIPModel(backbone_weights=str(tmp_path / "missing.pt"))
+
+
+def test_text_cache_filled_in_inference_mode_still_trains(module):
+    model = copy.deepcopy(module.model)
+    model.prompt_cache.clear()
+    model.eval()
+    with torch.inference_mode():
+        model.predict(torch.randn(1, 3, SIZE, SIZE), ["bottle"])
+    model.train()
+    batch = _batch()
+    terms = model.training_losses(batch["image"], batch["mask"], batch["label"], ["bottle"] * 2)
+    (terms["ce"] + terms["seg"]).backward()
+    assert model.text_adapter.proj.weight.grad is not None

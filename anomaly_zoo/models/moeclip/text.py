@@ -53,6 +53,9 @@ class PromptFeatureCache:
         """(normal (6, width), anomalous (10, width)) for ``description``; ``encode(list[str]) -> (n, width)``."""
         if description not in self._features:
             normal, anomalous = prompt_sentences(description)
-            features = encode(normal + anomalous)
+            # Normal tensors even when first asked inside ``inference_mode`` (Lightning's test loop): the
+            # cache is reused by training steps, which cannot save inference tensors for backward.
+            with torch.inference_mode(False), torch.no_grad():
+                features = encode(normal + anomalous)
             self._features[description] = (features[: len(normal)], features[len(normal) :])
         return self._features[description]
