@@ -381,6 +381,9 @@ def attach_image_cache(dataset: Any, mode: str) -> Any:
         for _, _, part in dataset.parts:
             attach_image_cache(part, mode)
         return dataset
+    if "base" in vars(dataset):  # a wrapper (AnomalyMoE's ComponentMaskDataset): its base reads the files
+        attach_image_cache(dataset.base, mode)
+        return dataset
     if not hasattr(dataset, "decoded") or not hasattr(dataset, "samples"):
         return dataset
     resolved = resolve_cache_mode(mode, getattr(dataset, "split", ""))
