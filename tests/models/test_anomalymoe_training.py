@@ -180,3 +180,26 @@ def test_demo_scale_model_learns_on_every_category():
     (i0, p0), (i1, p1) = _learning_run(epochs=10, categories=["stripes", "grid", "carpet", "pill", "assembly"],
                                        num_train=48)
     assert p1 > p0 + 10 and i1 > i0 + 10, ((i0, p0), (i1, p1))
+
+
+@pytest.mark.slow
+def test_demo_config_runs_end_to_end_through_the_cli_with_masks_and_routing_files(tmp_path, monkeypatch):
+    from anomaly_zoo.cli import main
+
+    monkeypatch.setenv("ANOMALY_ZOO_CACHE", str(tmp_path / "cache"))
+    seen = []
+    original = AnomalyMoE.training_step
+
+    def spy(self, batch, batch_idx):
+        seen.append("component_masks" in batch and bool(batch["component_valid"].any()))
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(AnomalyMoE, "training_step", spy)
+    main(["fit", "--config", "configs/demo/anomalymoe.yaml", "--test_after_fit", "true",
+          "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_test_batches", "2",
+          "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
+    assert seen and all(seen)  # every training batch carried component masks
+    run = next((tmp_path / "anomalymoe" / "synthetic").iterdir())
+    for name in ("test_results.csv", "routing_statistics.csv", "routing_statistics.png"):
+        assert (run / name).is_file(), name
+    assert "hard_mining_masks=authors" in (run / "test_results.md").read_text()
