@@ -1,5 +1,5 @@
-"""MoECLIP learns: on a held-out synthetic seed, trained beats the same model untrained (project metrics);
-the demo config runs end to end through the CLI (fit, test, predict)."""
+"""The MoECLIP demo config runs end to end through the CLI (fit, test, predict); the paper defaults fail in one
+clear line without weights. That the demo learns is tested in test_moeclip_learning.py."""
 
 from __future__ import annotations
 
@@ -7,53 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
-import yaml
-
-from anomaly_zoo.data.cross_dataset import CrossDataset
-from anomaly_zoo.data.synthetic import SyntheticDataModule
-from anomaly_zoo.models.moeclip import MoECLIP
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).parent / "anomaly-zoo")
-DEMO = yaml.safe_load((ROOT / "configs" / "demo" / "moeclip.yaml").read_text())
-TRAINER = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
-           "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0}
-
-
-def _data(categories: list[str]) -> CrossDataset:
-    common = {"generated_size": 64, "num_val": 0, "image_size": 64, "normalization": "clip", "interpolation": "bicubic"}
-    return CrossDataset(SyntheticDataModule(category=categories, num_test=32, seed=0, batch_size=8, **common),
-                        SyntheticDataModule(category=categories, num_test=32, seed=1, batch_size=32, **common),
-                        train_split="test", allow_seen_categories=True)
-
-
-def _module(results_dir: Path) -> MoECLIP:
-    pl.seed_everything(0)
-    return MoECLIP(**DEMO["model"]["init_args"], results_dir=str(results_dir))
-
-
-def _learns(tmp_path: Path, categories: list[str], epochs: int, pixel_margin: float, image_margin: float) -> None:
-    untrained = _module(tmp_path / "untrained")
-    pl.Trainer(**TRAINER).test(untrained, datamodule=_data(categories), verbose=False)
-    trained = _module(tmp_path / "trained")
-    trainer = pl.Trainer(max_epochs=epochs, **TRAINER)
-    trainer.fit(trained, datamodule=_data(categories))
-    trainer.test(trained, datamodule=_data(categories), verbose=False)
-    before, after = untrained.results["test"].loc["mean"], trained.results["test"].loc["mean"]
-    assert after["P-AUROC"] > before["P-AUROC"] + pixel_margin, (before["P-AUROC"], after["P-AUROC"])
-    assert after["I-AUROC"] > before["I-AUROC"] + image_margin, (before["I-AUROC"], after["I-AUROC"])
-
-
-@pytest.mark.slow  # margins not yet verified on an idle machine: kept out of `make test` until they are
-def test_learns_on_a_held_out_seed_fast(tmp_path):
-    _learns(tmp_path, ["stripes"], epochs=10, pixel_margin=10.0, image_margin=5.0)
-
-
-@pytest.mark.slow
-def test_learns_on_a_held_out_seed_demo_setting(tmp_path):
-    _learns(tmp_path, ["stripes", "carpet", "pill"], epochs=8, pixel_margin=10.0, image_margin=5.0)
 
 
 @pytest.mark.slow
