@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 records.append(ran[e.id])
                 continue
             reason = skip_reason(e, runner.data_root, runner.has_gpu, runner.allow_cpu)
-            old = None if reason else (runner.previous(e) or runner.latest(e))
+            old = None if reason else (runner.previous(e) or runner.latest(e, mark_stale=not args.tables_only))
             waiting = "not run yet" + ("" if e.id in selected_ids else " (not selected)")
             records.append(old or Record(id=e.id, suite=e.suite, model=e.model, dataset=e.dataset, seed=e.seed,
                                          config=e.config, status="skipped", reason=reason or waiting))

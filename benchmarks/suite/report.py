@@ -53,8 +53,8 @@ def _other_reports(output_dir: Path) -> str:
     others = sorted(p.name for p in output_dir.glob("*.md") if p.name not in OWN)
     if not others:
         return ""
-    return ("- other reports here, not rebuilt by the suite (`python -m benchmarks --micro` rebuilds metrics.md "
-            "and uniad.md): " + ", ".join(f"[{name}]({name})" for name in others) + "\n")
+    return ("- other reports here, written by the micro-benchmarks (`python -m benchmarks --micro` runs every "
+            "`benchmarks/bench_*.py`), not by the suite: " + ", ".join(f"[{name}]({name})" for name in others) + "\n")
 
 
 def write_reports(records: list[Record], suites: list[Suite], output_dir: Path) -> list[Path]:
@@ -62,6 +62,11 @@ def write_reports(records: list[Record], suites: list[Suite], output_dir: Path) 
     output_dir.mkdir(parents=True, exist_ok=True)
     plots = output_dir / "plots"
     info = describe()
+    threads = sorted({str(r.probe.get("torch_threads")) for r in records if r.succeeded and r.probe.get("torch_threads")})
+    if threads:  # the runs' own thread count (a fresh process each), not this process's
+        info["torch threads"] = "/".join(threads) + " per run"
+    commits = sorted({r.probe["git_commit"] for r in records if r.succeeded and r.probe.get("git_commit")})
+    info["git commit"] = (", ".join(commits) + " (runs)") if commits else f"{info['git commit']} (when the tables were written)"
     header = _header(info)
     written: list[Path] = []
 

@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from benchmarks.suite.cache import code_version, run_key
+from benchmarks.suite.environment import git_commit
 from benchmarks.suite.spec import DATA_ENV, ROOT, Entry, resolve_roots, skip_reason
 
 DEFAULT_RUNS_DIR = ROOT / "results" / "benchmarks"
@@ -147,8 +148,9 @@ class Runner:
         record.status = "reused"
         return record
 
-    def latest(self, entry: Entry) -> Record | None:
-        """The newest finished run of this entry under any key (e.g. an older code version), marked as such."""
+    def latest(self, entry: Entry, mark_stale: bool = True) -> Record | None:
+        """The newest finished run of this entry under any key (e.g. an older code version), marked as such
+        unless ``mark_stale`` is False (``--tables-only``: the runs' own code versions are in runs.csv)."""
         folder = self.runs_dir / entry.suite / (entry.label or entry.model)
         found = []
         for path in folder.glob(f"seed{entry.seed}-*/record.json"):
@@ -160,7 +162,7 @@ class Runner:
             return None
         record = max(found, key=lambda r: r.finished)
         record.status = "reused"
-        if record.key != self.key(entry):
+        if mark_stale and record.key != self.key(entry):
             record.reason = (f"from an earlier run ({record.finished}, code {record.probe.get('code_version', '?')}); "
                              "the code or config changed since")
         return record
@@ -214,6 +216,7 @@ class Runner:
         elif record.results() is None:
             record.status, record.reason = "failed", "the run wrote no test_results.csv"
         record.probe["code_version"] = self.code_version(entry)
+        record.probe["git_commit"] = git_commit()
         (run_dir / "record.json").write_text(json.dumps(asdict(record), indent=1), encoding="utf-8")
         return record
 
@@ -287,7 +290,8 @@ def collect(records: list[Record]) -> pd.DataFrame:
     rows = []
     for r in records:
         base = {"suite": r.suite, "model": r.model, "dataset": r.dataset, "seed": r.seed, "config": r.config,
-                "status": "ok" if r.succeeded else r.status, "reason": r.reason}
+                "status": "ok" if r.succeeded else r.status, "reason": r.reason,
+                "code version": r.probe.get("code_version", ""), "finished": r.finished}
         table = r.results()
         if table is None:
             rows.append({**base, "category": None})

@@ -25,7 +25,7 @@ STATUS_TEXT = {"failed": "failed", "skipped": "skipped"}
 def metric_columns(frame: pd.DataFrame) -> list[str]:
     """The metric columns present, in the field's order (any extra metric a run reports goes last)."""
     known = [c for c in COLUMNS if c in frame.columns]
-    fixed = {"suite", "model", "dataset", "seed", "config", "status", "reason", "category"}
+    fixed = {"suite", "model", "dataset", "seed", "config", "status", "reason", "category", "code version", "finished"}
     extra = [c for c in frame.columns if c not in fixed and c not in known and pd.api.types.is_numeric_dtype(frame[c])]
     return known + extra
 
