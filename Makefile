@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install  ## train + test every model's demo config on the synthetic data, one side-by-side table (MODEL=uniad: one)
-	$(PY) -m benchmarks.suite.demo $(if $(MODEL),--model $(MODEL)) $(if $(THREADS),--threads $(THREADS))
+	$(PY) -m benchmarks.suite.demo $(if $(MODEL),--model $(MODEL)) --threads $(or $(THREADS),1)
 
 test: install  ## the test suite (slow end-to-end runs excluded; `make test-all` includes them)
 	$(PY) -m pytest -q -m "not slow"
@@ -30,8 +30,8 @@ test-all: install
 lint: install
 	$(VENV)/bin/ruff check anomaly_zoo tests benchmarks
 
-benchmark: install  ## the suite of benchmarks/suite.yaml -> benchmarks/results/ (ONLY='synthetic/*', FORCE=1, THREADS=1)
-	$(PY) -m benchmarks $(if $(ONLY),--only '$(ONLY)') $(if $(FORCE),--force) $(if $(THREADS),--threads $(THREADS))
+benchmark: install  ## the suite of benchmarks/suite.yaml -> benchmarks/results/ (ONLY='synthetic/*', FORCE=1; THREADS=0: torch's default)
+	$(PY) -m benchmarks $(if $(ONLY),--only '$(ONLY)') $(if $(FORCE),--force) --threads $(or $(THREADS),1)
 
 clean:
 	rm -rf results lightning_logs .pytest_cache .ruff_cache

@@ -69,7 +69,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="folder holding the datasets (default: $ANOMALY_ZOO_DATA)")
     p.add_argument("--allow-cpu", action="store_true", help="run `device: gpu` entries on CPU too")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads per run (default: torch's; 1 is faster on a machine shared with other jobs)")
+                   help="torch CPU threads per run (default/0: torch's; make uses 1, much faster on a shared machine)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per entry before it is recorded as failed")
     p.add_argument("--tables-only", action="store_true",
                    help="run nothing: rebuild the tables and plots from each entry's newest finished run")

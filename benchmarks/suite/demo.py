@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="one model of the synthetic suite (default: the demo models)")
     parser.add_argument("--suite", type=Path, default=DEFAULT_SUITE)
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "results" / "demo")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default/0: torch's; make demo uses 1)")
     args = parser.parse_args(argv)
     stop_children_on_sigterm()
     synthetic = next((s for s in load_suite(args.suite) if s.name == SYNTHETIC), None)
