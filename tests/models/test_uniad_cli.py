@@ -17,6 +17,7 @@ def _table(directory: Path) -> pd.DataFrame:
     return pd.read_csv(next(directory.rglob("test_results.csv")), index_col=0)
 
 
+@pytest.mark.slow  # the paper's EfficientNet-B4 (random init) at 96 px: minutes on 2 CPU cores
 @pytest.mark.timeout(600)
 def test_fit_uniad_by_registry_name_on_synthetic(tmp_path: Path):
     result = run_cli(
