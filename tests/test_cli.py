@@ -84,7 +84,6 @@ def test_model_help_shows_the_models_own_options():
     assert "--model.backbone" in result.stdout and "--model.pretrained" in result.stdout
 
 
-@pytest.mark.slow  # fit + test + predict in three processes; tests/test_configs.py runs the demo path fast
 @pytest.mark.timeout(600)
 def test_fit_and_test_end_to_end(tmp_path: Path):
     result = run_cli(
