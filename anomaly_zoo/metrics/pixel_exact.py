@@ -8,7 +8,7 @@ from torch import Tensor
 from anomaly_zoo.metrics.curves import RankedCounts, rank_ties
 from anomaly_zoo.metrics.pixel_store import PixelStore
 from anomaly_zoo.metrics.pro import defect_pixels
-from anomaly_zoo.metrics.samples import ListStateMetric, cat_state, unique_sample_order
+from anomaly_zoo.metrics.samples import ListStateMetric, batch_index, cat_state, unique_sample_order
 from anomaly_zoo.metrics.validation import PixelBatch
 
 __all__ = ["ExactPixelStore"]
@@ -32,12 +32,7 @@ class ExactPixelStore(PixelStore):
     def update(self, batch: PixelBatch, index: Tensor | None) -> None:
         m, maps, masks = self.metric, batch.maps, batch.masks
         n, h, w = maps.shape
-        if index is None:
-            idx = torch.full((n,), -1, dtype=torch.int64, device=maps.device)
-        else:
-            idx = torch.as_tensor(index, device=maps.device).reshape(-1).to(torch.int64)
-            if idx.numel() != n:
-                raise ValueError(f"index has {idx.numel()} entries but the batch has {n} maps")
+        idx = batch_index(index, n, maps.device)
         m.maps.append(maps.reshape(-1))
         m.masks.append(masks.reshape(-1))
         m.shapes.append(torch.tensor([[h, w]], dtype=torch.int64, device=maps.device).expand(n, 2).clone())

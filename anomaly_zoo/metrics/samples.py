@@ -28,6 +28,16 @@ def cat_state(state: Tensor | list[Tensor], dtype: torch.dtype, tail: tuple[int,
     return dim_zero_cat(state)
 
 
+def batch_index(index: Any, n: int, device: torch.device) -> Tensor:
+    """The dataset indices of a batch of ``n`` maps as int64 (N,); ``-1`` for each when none are given."""
+    if index is None:
+        return torch.full((n,), -1, dtype=torch.int64, device=device)
+    idx = torch.as_tensor(index, device=device).reshape(-1).to(torch.int64)
+    if idx.numel() != n:
+        raise ValueError(f"index has {idx.numel()} entries but the batch has {n} maps")
+    return idx
+
+
 def unique_sample_order(index: Tensor, agree: Sequence[tuple[str, Tensor, float]] = ()) -> Tensor:
     """Positions that keep the first copy of every dataset index, ordered by index.
 

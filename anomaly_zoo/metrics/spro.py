@@ -47,7 +47,7 @@ from torch import Tensor
 from anomaly_zoo.metrics.curves import RankedCounts, rank_ties
 from anomaly_zoo.metrics.histogram import Grid, bin_index, canonical_grid, lower_edges, rebin
 from anomaly_zoo.metrics.pro import PRO_WEIGHT_SCALE, aupro, aupro_error_bound, pro_curve_points
-from anomaly_zoo.metrics.samples import ListStateMetric, cat_state, unique_sample_order
+from anomaly_zoo.metrics.samples import ListStateMetric, batch_index, cat_state, unique_sample_order
 from anomaly_zoo.metrics.validation import warn_undefined
 
 __all__ = [
@@ -250,12 +250,7 @@ class SPRO(ListStateMetric):
         self, maps: Tensor, defect: Tensor, weights: Tensor, n_defects: Tensor, group: Tensor, index: Any
     ) -> None:
         n, h, w = maps.shape
-        if index is None:
-            idx = torch.full((n,), -1, dtype=torch.int64, device=maps.device)
-        else:
-            idx = torch.as_tensor(index, device=maps.device).reshape(-1).to(torch.int64)
-            if idx.numel() != n:
-                raise ValueError(f"index has {idx.numel()} entries but the batch has {n} maps")
+        idx = batch_index(index, n, maps.device)
         self.maps.append(maps.reshape(-1))
         self.defect.append(defect.reshape(-1).to(torch.uint8))
         self.weights.append(weights)
