@@ -19,11 +19,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["Grid", "canonical_grid", "bin_index", "rebin", "lower_edges"]
+__all__ = [
+    "Grid",
+    "canonical_grid",
+    "bin_index",
+    "rebin",
+    "lower_edges",
+    "cover_range",
+    "merge_rank_histograms",
+]
 
 
 @dataclass(frozen=True)
@@ -92,3 +101,48 @@ def lower_edges(grid: Grid, num_bins: int, device: torch.device | None = None) -
     """Lower edge of every bin (float64): the threshold of the operating point "score >= edge"."""
     j = torch.arange(num_bins, dtype=torch.float64, device=device) + grid.j0
     return j * math.ldexp(1.0, grid.k)
+
+
+def cover_range(state: Any, lo: float, hi: float, num_bins: int) -> Grid:
+    """Make ``state.hist`` cover [lo, hi], merging bins when the range grows; returns the grid.
+
+    ``state`` is a torchmetrics ``Metric`` with the states ``hist`` (bins on the last axis), ``tmin``,
+    ``tmax``, ``grid_k``, ``grid_j0`` and ``initialized`` (shared by the streaming pixel store and sPRO).
+    """
+    if int(state.initialized) == 0:
+        grid, tmin, tmax = canonical_grid(lo, hi, num_bins), lo, hi
+        state.initialized.fill_(1)
+    else:
+        old = Grid(int(state.grid_k), int(state.grid_j0))
+        tmin, tmax = min(float(state.tmin), lo), max(float(state.tmax), hi)
+        grid = canonical_grid(tmin, tmax, num_bins)
+        if grid != old:
+            state.hist = rebin(state.hist, old, grid)
+    state.tmin.fill_(tmin)
+    state.tmax.fill_(tmax)
+    state.grid_k.fill_(grid.k)
+    state.grid_j0.fill_(grid.j0)
+    return grid
+
+
+def merge_rank_histograms(state: Any, num_bins: int, local_dim: int) -> tuple[Tensor, Grid] | None:
+    """``state.hist`` on one grid: as is when local (``local_dim`` axes), else every rank's rebinned.
+
+    After a DDP sync the states are stacked over ranks and each rank may sit on its own grid; they are
+    moved to the grid of the global range and summed. ``None`` when no rank saw a sample.
+    """
+    hist, init = state.hist, state.initialized
+    if hist.dim() == local_dim:
+        if int(init) == 0:
+            return None
+        return hist, Grid(int(state.grid_k), int(state.grid_j0))
+    ranks = [r for r in range(hist.shape[0]) if int(init[r]) == 1]
+    if not ranks:
+        return None
+    grid = canonical_grid(
+        min(float(state.tmin[r]) for r in ranks), max(float(state.tmax[r]) for r in ranks), num_bins
+    )
+    merged = torch.zeros_like(hist[0])
+    for r in ranks:
+        merged += rebin(hist[r], Grid(int(state.grid_k[r]), int(state.grid_j0[r])), grid)
+    return merged, grid

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from anomaly_zoo.metrics.curves import RankedCounts
-from anomaly_zoo.metrics.histogram import Grid, bin_index, canonical_grid, lower_edges, rebin
+from anomaly_zoo.metrics.histogram import bin_index, cover_range, lower_edges, merge_rank_histograms
 from anomaly_zoo.metrics.pixel_store import PixelStore
 from anomaly_zoo.metrics.pro import PRO_WEIGHT_SCALE, defect_pixels
 from anomaly_zoo.metrics.samples import ListStateMetric
@@ -39,28 +39,9 @@ class StreamingPixelStore(PixelStore):
         metric.add_state("grid_j0", torch.tensor(0, dtype=torch.int64), dist_reduce_fx=None)
         metric.add_state("initialized", torch.tensor(0, dtype=torch.int64), dist_reduce_fx=None)
 
-    def _cover(self, lo: float, hi: float) -> Grid:
-        """Make the histogram grid cover [lo, hi], merging bins if the range grows."""
-        m = self.metric
-        if int(m.initialized) == 0:
-            grid = canonical_grid(lo, hi, self.num_bins)
-            tmin, tmax = lo, hi
-            m.initialized.fill_(1)
-        else:
-            old = Grid(int(m.grid_k), int(m.grid_j0))
-            tmin, tmax = min(float(m.tmin), lo), max(float(m.tmax), hi)
-            grid = canonical_grid(tmin, tmax, self.num_bins)
-            if grid != old:
-                m.hist = rebin(m.hist, old, grid)
-        m.tmin.fill_(tmin)
-        m.tmax.fill_(tmax)
-        m.grid_k.fill_(grid.k)
-        m.grid_j0.fill_(grid.j0)
-        return grid
-
     def update(self, batch: PixelBatch, index: Tensor | None) -> None:
         m = self.metric
-        grid = self._cover(batch.lo, batch.hi)
+        grid = cover_range(self.metric, batch.lo, batch.hi, self.num_bins)
         b = self.num_bins
         # One bincount for both classes: defect pixels land in bins b .. 2b-1.
         idx = bin_index(batch.maps, grid, offset=batch.masks, offset_scale=b)
@@ -74,27 +55,8 @@ class StreamingPixelStore(PixelStore):
                 m.hist[2].index_add_(0, bins.long() - b, weights)
                 m.n_regions += n_regions
 
-    def _merged_histogram(self) -> tuple[Tensor, Grid] | None:
-        m = self.metric
-        hist, init = m.hist, m.initialized
-        if hist.dim() == 2:  # local state
-            if int(init) == 0:
-                return None
-            return hist, Grid(int(m.grid_k), int(m.grid_j0))
-        # Synced: states are stacked over ranks; bring every rank to the grid of the global range.
-        ranks = [r for r in range(hist.shape[0]) if int(init[r]) == 1]
-        if not ranks:
-            return None
-        grid = canonical_grid(
-            min(float(m.tmin[r]) for r in ranks), max(float(m.tmax[r]) for r in ranks), self.num_bins
-        )
-        merged = torch.zeros_like(hist[0])
-        for r in ranks:
-            merged += rebin(hist[r], Grid(int(m.grid_k[r]), int(m.grid_j0[r])), grid)
-        return merged, grid
-
     def ranked(self) -> RankedCounts:
-        merged = self._merged_histogram()
+        merged = merge_rank_histograms(self.metric, self.num_bins, local_dim=2)
         pro_row = self.with_pro
         if merged is None:
             empty = torch.zeros(0, dtype=torch.int64, device=self.metric.device)

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from anomaly_zoo.metrics.curves import RankedCounts, rank_ties
-from anomaly_zoo.metrics.histogram import Grid, bin_index, canonical_grid, lower_edges, rebin
+from anomaly_zoo.metrics.histogram import bin_index, cover_range, lower_edges, merge_rank_histograms
 from anomaly_zoo.metrics.pro import PRO_WEIGHT_SCALE, aupro, aupro_error_bound, pro_curve_points
 from anomaly_zoo.metrics.samples import ListStateMetric, batch_index, cat_state, unique_sample_order
 from anomaly_zoo.metrics.validation import warn_undefined
@@ -259,27 +259,11 @@ class SPRO(ListStateMetric):
         self.group.append(group)
         self.index.append(idx)
 
-    def _cover(self, lo: float, hi: float) -> Grid:
-        if int(self.initialized) == 0:
-            grid, tmin, tmax = canonical_grid(lo, hi, self.num_bins), lo, hi
-            self.initialized.fill_(1)
-        else:
-            old = Grid(int(self.grid_k), int(self.grid_j0))
-            tmin, tmax = min(float(self.tmin), lo), max(float(self.tmax), hi)
-            grid = canonical_grid(tmin, tmax, self.num_bins)
-            if grid != old:
-                self.hist = rebin(self.hist, old, grid)
-        self.tmin.fill_(tmin)
-        self.tmax.fill_(tmax)
-        self.grid_k.fill_(grid.k)
-        self.grid_j0.fill_(grid.j0)
-        return grid
-
     def _update_streaming(
         self, maps: Tensor, defect: Tensor, weights: Tensor, n_defects: Tensor, group: Tensor
     ) -> None:
         lo, hi = (float(v) for v in torch.aminmax(maps))
-        grid = self._cover(lo, hi)
+        grid = cover_range(self, lo, hi, self.num_bins)
         b = self.num_bins
         idx = bin_index(maps, grid).long()  # (N, H, W)
         # One bincount for all (split, class) histograms: row = 3 * group + is_defect.
@@ -323,25 +307,8 @@ class SPRO(ListStateMetric):
         n_regions = int(n_defects[chosen].sum())
         return rank_ties(sel_maps, sel_maps[sel_defect], sel_w, n_regions)
 
-    def _merged_histogram(self) -> tuple[Tensor, Grid] | None:
-        hist, init = self.hist, self.initialized
-        if hist.dim() == 3:  # local state
-            if int(init) == 0:
-                return None
-            return hist, Grid(int(self.grid_k), int(self.grid_j0))
-        ranks = [r for r in range(hist.shape[0]) if int(init[r]) == 1]
-        if not ranks:
-            return None
-        grid = canonical_grid(
-            min(float(self.tmin[r]) for r in ranks), max(float(self.tmax[r]) for r in ranks), self.num_bins
-        )
-        merged = torch.zeros_like(hist[0])
-        for r in ranks:
-            merged += rebin(hist[r], Grid(int(self.grid_k[r]), int(self.grid_j0[r])), grid)
-        return merged, grid
-
     def _ranked_streaming(self, split: int) -> RankedCounts:
-        merged = self._merged_histogram()
+        merged = merge_rank_histograms(self, self.num_bins, local_dim=3)
         n_regions = int(self.group_defects[split])
         if merged is None:
             empty = torch.zeros(0, dtype=torch.int64, device=self.device)
