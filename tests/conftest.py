@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -16,3 +17,21 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Synthetic data goes into a per-session cache, so tests never depend on a user's home directory."""
     if "ANOMALY_ZOO_TEST_KEEP_CACHE" not in os.environ:
         os.environ["ANOMALY_ZOO_CACHE"] = str(tmp_path_factory.mktemp("anomaly_zoo_cache"))
+
+
+@pytest.fixture(autouse=True)
+def _trainer_root_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Trainer built without ``default_root_dir`` writes into the test's tmp dir, not the checkout.
+
+    With ``logger=False`` Lightning's log dir is the working directory, so test tables, report.html and
+    routing statistics of in-process tests would otherwise land in the repository root.
+    """
+    import lightning.pytorch as pl
+
+    original = pl.Trainer.__init__
+
+    def init(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        kwargs.setdefault("default_root_dir", str(tmp_path))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pl.Trainer, "__init__", init)
