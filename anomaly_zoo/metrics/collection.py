@@ -59,7 +59,9 @@ class AnomalyMetrics(Metric):
         bound_warning: float = 5e-4,
         **kwargs: Any,
     ) -> None:
-        child_kwargs = dict(kwargs)
+        # No cached child values: under DDP a child that one rank did not update since its last compute would
+        # return its cache there and skip the sync the other ranks run (a hang, or a mismatched collective).
+        child_kwargs = {"compute_with_cache": False, **kwargs}
         # The DataFrame is mutable: build a fresh one on every compute() rather than caching it.
         kwargs.setdefault("compute_with_cache", False)
         super().__init__(**kwargs)

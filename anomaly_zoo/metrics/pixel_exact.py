@@ -15,12 +15,15 @@ __all__ = ["ExactPixelStore"]
 
 
 class ExactPixelStore(PixelStore):
-    """Keeps every map and mask (4 + 1 bytes per pixel) and each sample's dataset index.
+    """Keeps every map and mask (4 + 1 bytes per pixel) and each sample's dataset index, on CPU.
 
-    ``ranked()`` drops DDP padding duplicates by index, sorts all scores once and merges ties.
+    ``ranked()`` drops DDP padding duplicates by index, sorts all scores once and merges ties. Under DDP the
+    states are gathered to rank 0 only (``root_states``), which computes alone: host memory, not GPU memory,
+    holds the maps, and no rank but 0 ever holds another rank's maps.
     """
 
     mode = "exact"
+    root_states = ("maps", "masks", "shapes", "index")
 
     def __init__(self, metric: ListStateMetric, with_pro: bool, num_bins: int) -> None:
         super().__init__(metric, with_pro, num_bins)
@@ -32,11 +35,11 @@ class ExactPixelStore(PixelStore):
     def update(self, batch: PixelBatch, index: Tensor | None) -> None:
         m, maps, masks = self.metric, batch.maps, batch.masks
         n, h, w = maps.shape
-        idx = batch_index(index, n, maps.device)
-        m.maps.append(maps.reshape(-1))
-        m.masks.append(masks.reshape(-1))
-        m.shapes.append(torch.tensor([[h, w]], dtype=torch.int64, device=maps.device).expand(n, 2).clone())
-        m.index.append(idx)
+        # On CPU (a no-op there): a test set's maps do not fit on a GPU beside the model.
+        m.maps.append(maps.reshape(-1).to("cpu", torch.float32))
+        m.masks.append(masks.reshape(-1).to("cpu"))
+        m.shapes.append(torch.tensor([[h, w]], dtype=torch.int64).expand(n, 2).clone())
+        m.index.append(batch_index(index, n, maps.device).cpu())
 
     def ranked(self) -> RankedCounts:
         m = self.metric

@@ -31,6 +31,9 @@ class PixelStore(ABC):
 
     #: ``"exact"`` or ``"streaming"``: the ``mode`` name that selects this store.
     mode: str = ""
+    #: List states that, under DDP, are gathered to rank 0 only (``metrics/root_gather.py``) instead of
+    #: all-gathered to every rank; the owner then computes on rank 0 and broadcasts the result.
+    root_states: tuple[str, ...] = ()
 
     def __init__(self, metric: ListStateMetric, with_pro: bool, num_bins: int) -> None:
         self.metric = metric
