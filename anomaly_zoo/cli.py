@@ -7,6 +7,10 @@ keeps working unchanged.
 
 from __future__ import annotations
 
+# First, before Lightning: skips torchmetrics' unused optional backends and defers wandb (anomaly_zoo/startup.py).
+import anomaly_zoo.startup  # noqa: F401
+
+# isort: split
 import difflib
 import importlib
 import inspect
@@ -160,17 +164,13 @@ class RawDescriptionFormatter(DefaultHelpFormatter):
         return "\n".join(indent + line for line in text.splitlines())
 
 
-def _class_path(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 def _resolve(option: str, value: str) -> str:
     registry: Registry = MODELS if option == "model" else DATAMODULES
-    if value in registry:
-        return _class_path(registry[value])
-    for _, cls in registry.items():  # jsonargparse's own short form: the class name (`--model UniAD`)
-        if cls.__name__ == value:
-            return _class_path(cls)
+    if value in registry:  # the class path only: the model's package is imported when jsonargparse needs it
+        return registry.class_path(value)
+    for name in registry.names():  # jsonargparse's own short form: the class name (`--model UniAD`)
+        if registry.class_name(name) == value:
+            return registry.class_path(name)
     looks_like_path = "." in value or value.startswith(("{", "[")) or value.endswith((".yaml", ".yml", ".json"))
     if looks_like_path:
         return value
@@ -201,7 +201,14 @@ def expand_short_names(argv: Sequence[str]) -> list[str]:
 
 
 def _focus_help(argv: list[str]) -> list[str]:
-    """``fit --model X --help`` shows X's own options (jsonargparse's ``--model.help X``), likewise ``--data``."""
+    """``fit --model X --help`` shows X's own options (jsonargparse's ``--model.help X``), likewise ``--data``.
+
+    Any help imports every registered class first: models are imported lazily, and jsonargparse lists the
+    "known subclasses" Python has seen."""
+    if not any(a in ("-h", "--help") or a.endswith(".help") for a in argv):
+        return argv
+    MODELS.load_all()
+    DATAMODULES.load_all()
     if not any(a in ("-h", "--help") for a in argv):
         return argv
     for option in ("--model", "--data"):

@@ -40,3 +40,29 @@ def test_project_registries_are_populated_lazily():
     assert "synthetic" in DATAMODULES.names()
     for name in ("mvtec_ad", "visa", "mvtec_loco", "btad", "mpdd", "folder"):
         assert name in DATAMODULES, name
+
+
+def test_declared_entries_are_imported_on_first_lookup(tmp_path, monkeypatch):
+    (tmp_path / "lazy_widget_mod.py").write_text(
+        "from tests.test_registry import LAZY\n@LAZY.register('w')\nclass Widget:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    LAZY.declare("w", "lazy_widget_mod:Widget")
+    assert LAZY.names() == ["w"] and "w" in LAZY
+    assert LAZY.class_path("w") == "lazy_widget_mod.Widget"
+    import sys
+
+    assert "lazy_widget_mod" not in sys.modules  # names and class paths need no import
+    widget = LAZY["w"]
+    assert widget.__name__ == "Widget" and widget.registry_name == "w" and "lazy_widget_mod" in sys.modules
+
+
+def test_declared_target_must_match_the_registered_class():
+    registry = Registry("widget")
+    registry.declare("x", "somewhere.else:X")
+    with pytest.raises(ValueError, match="declared as somewhere.else:X"):
+        registry.register("x")(type("X", (), {}))
+    with pytest.raises(ValueError, match="module:Class"):
+        registry.declare("y", "no_colon.Y")
+
+
+LAZY = Registry("widget")

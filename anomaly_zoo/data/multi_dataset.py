@@ -5,9 +5,8 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
@@ -15,6 +14,9 @@ from anomaly_zoo.data.base import AnomalyDataModule
 from anomaly_zoo.data.dataset import Sample
 from anomaly_zoo.data.errors import DatasetError
 from anomaly_zoo.registry import DATAMODULES
+
+if TYPE_CHECKING:  # pandas is imported where a table is built: start-up (e.g. `predict`) never needs it
+    import pandas as pd
 
 #: Separates the dataset name from the category in qualified names: ``"mvtec_ad/bottle"``.
 SEPARATOR = "/"
@@ -232,6 +234,7 @@ def split_results_by_dataset(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def dataset_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Each dataset's mean row, plus the overall ``"mean"`` (over all categories): the generalist summary."""
+    import pandas as pd
     summary = pd.DataFrame({name: part.loc["mean"] for name, part in split_results_by_dataset(table).items()}).T
     summary.loc["mean"] = table.loc["mean"] if "mean" in table.index else table.mean(axis=0, skipna=False)
     summary.index.name = "dataset"

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -15,6 +14,9 @@ from anomaly_zoo.metrics.image import ImageMetrics
 from anomaly_zoo.metrics.loco import LOCOMetrics, loco_table
 from anomaly_zoo.metrics.pixel import DEFAULT_NUM_BINS, PixelMetrics, PixelMode
 from anomaly_zoo.metrics.table import COLUMNS
+
+if TYPE_CHECKING:  # pandas is imported where a table is built: start-up (e.g. `predict`) never needs it
+    import pandas as pd
 
 __all__ = ["AnomalyMetrics"]
 
@@ -152,6 +154,7 @@ class AnomalyMetrics(Metric):
         self.update(output, batch)
 
     def compute(self) -> pd.DataFrame:
+        import pandas as pd
         rows: dict[str, list[float]] = {}
         details: dict[str, dict[str, float]] = {}
         for i, category in enumerate(self.categories):

@@ -8,15 +8,17 @@ FPR 0.05, the limit the LOCO paper reports (Bergmann et al., IJCV 2022, Table 3)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
 from anomaly_zoo.metrics.image import ImageMetrics
 from anomaly_zoo.metrics.spro import LOCO_SPLITS, SPRO, SPROMode
+
+if TYPE_CHECKING:  # pandas is imported where a table is built: start-up (e.g. `predict`) never needs it
+    import pandas as pd
 
 __all__ = ["LOCO_COLUMNS", "LOCOMetrics", "SPRO_FPR_LIMIT", "loco_table"]
 
@@ -107,6 +109,7 @@ class LOCOMetrics(Metric):
 def loco_table(metrics: dict[str, LOCOMetrics]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(columns, details)`` DataFrames indexed by category: :data:`LOCO_COLUMNS` in percent, and the
     sPRO streaming error bound (percentage points). Every rank must call it (the syncs are collective)."""
+    import pandas as pd
     values = {category: metric.compute() for category, metric in metrics.items()}
     table = pd.DataFrame.from_dict(
         {c: [100.0 * v[k] for k in LOCO_COLUMNS] for c, v in values.items()},

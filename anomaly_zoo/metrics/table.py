@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where a table is built: start-up (e.g. `predict`) never needs it
+    import pandas as pd
+
 
 __all__ = ["COLUMNS", "format_results_table", "save_results", "load_results"]
 
@@ -31,4 +34,5 @@ def save_results(df: pd.DataFrame, directory: str | Path, stem: str, caption: st
 
 def load_results(csv_path: str | Path) -> pd.DataFrame:
     """Read a results CSV written by :func:`save_results` (tables are regenerated from it)."""
+    import pandas as pd
     return pd.read_csv(csv_path, index_col=0)

@@ -8,12 +8,14 @@ is torchmetrics' ``sum`` reduction.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+
+if TYPE_CHECKING:  # pandas is imported where a table is built: start-up (e.g. `predict`) never needs it
+    import pandas as pd
 
 __all__ = ["THRESHOLDED_COLUMNS", "ThresholdedMetrics"]
 
@@ -78,6 +80,7 @@ class ThresholdedMetrics(Metric):
         return torch.stack([tp, fp, fn, torch.ones_like(tp)], 1).to(torch.int64)
 
     def compute(self) -> pd.DataFrame:
+        import pandas as pd
         rows = {}
         for i, category in enumerate(self.categories):
             image, pixel = self.image_counts[i].tolist(), self.pixel_counts[i].tolist()

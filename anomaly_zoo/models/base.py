@@ -19,11 +19,11 @@ writes ``report.html``; ``predict`` reports decisions (and normalised scores on 
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
-import pandas as pd
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -36,6 +36,9 @@ from anomaly_zoo.models.components.thresholds import ThresholdCalibrator, Thresh
 from anomaly_zoo.models.components.upsample import resize_map
 from anomaly_zoo.viz.report import ReportCollector, write_report
 from anomaly_zoo.viz.writer import PredictionWriter
+
+if TYPE_CHECKING:  # pandas is imported where a table is built: start-up (e.g. `predict`) never needs it
+    import pandas as pd
 
 
 class AnomalyModule(pl.LightningModule):
@@ -214,6 +217,7 @@ class AnomalyModule(pl.LightningModule):
             buffer.finish(self.finish_set, update, device=self.device)
 
     def _finish_metrics(self, stage: str) -> pd.DataFrame | None:
+        import pandas as pd
         self._finish_set_level()
         metrics, self.metrics = self.metrics, None
         if metrics is None or self.trainer.sanity_checking:
@@ -242,6 +246,7 @@ class AnomalyModule(pl.LightningModule):
 
     def _with_thresholded(self, table: pd.DataFrame) -> pd.DataFrame:
         """The table plus F1 / precision / recall at the stored thresholds (columns after mAD)."""
+        import pandas as pd
         thresholded, self._thresholded = self._thresholded, None
         if thresholded is None:
             return table
@@ -373,7 +378,9 @@ class AnomalyModule(pl.LightningModule):
                 batch = self.transfer_batch_to_device(batch, self.device, 0)
                 batch = self.on_after_batch_transfer(batch, 0)
                 self.on_predict_batch_start(batch, i)
-                output = self.anomaly_output(batch)
+                # In the run's precision (bf16-mixed: autocast), as predict makes its maps; float32 without one.
+                with self._trainer.precision_plugin.forward_context() if self._trainer else nullcontext():
+                    output = self.anomaly_output(batch)
                 calibrator.update(output["pred_score"], output["anomaly_map"], batch["label"], batch["mask"])
         finally:
             self.train(was_training)

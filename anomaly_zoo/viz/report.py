@@ -17,10 +17,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
 
@@ -28,6 +27,9 @@ from anomaly_zoo.data.transforms import NORMALIZATIONS
 from anomaly_zoo.metrics.curves import rank_ties
 from anomaly_zoo.metrics.pro import pro_curve_points
 from anomaly_zoo.viz.heatmap import denormalize, overlay_heatmap
+
+if TYPE_CHECKING:  # pandas is imported where a table is built: start-up (e.g. `predict`) never needs it
+    import pandas as pd
 
 __all__ = ["ReportCollector", "write_report", "REPORT_SECTIONS"]
 
