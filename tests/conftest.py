@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -30,6 +31,9 @@ def _trainer_root_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
     original = pl.Trainer.__init__
 
+    # wraps: LightningCLI reads the Trainer's options from its signature (``__wrapped__``); without it the
+    # in-process CLI tests fail with "unknown option --trainer.fast_dev_run".
+    @functools.wraps(original)
     def init(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
         kwargs.setdefault("default_root_dir", str(tmp_path))
         original(self, *args, **kwargs)

@@ -339,7 +339,8 @@ class AnomalyMoEModel(nn.Module):
             else:
                 de_test = [self._to_map(_mean([rev[j] for j in g]), grid) for g in TRAIN_GROUPS]
             err = _mean([cosine_distance_map(e[idx], d) for e, d in zip(en_test, de_test)]).unsqueeze(1)
-            patch_map.index_add_(0, idx, weights[idx, sl.start + i].view(-1, 1, 1, 1) * err)
+            # .to(): under autocast (bf16-mixed) the expert's error is bf16; the map accumulates in float32.
+            patch_map.index_add_(0, idx, (weights[idx, sl.start + i].view(-1, 1, 1, 1) * err).to(patch_map.dtype))
 
         global_map = images.new_zeros(batch, 1, *grid)
         sl = self.expert_slice("global")
@@ -350,7 +351,7 @@ class AnomalyMoEModel(nn.Module):
             idx = self._rows(rows)
             ae, st = expert(images[idx])
             err = global_distance_map(ae, st, grid)
-            global_map.index_add_(0, idx, weights[idx, sl.start + i].view(-1, 1, 1, 1) * err)
+            global_map.index_add_(0, idx, (weights[idx, sl.start + i].view(-1, 1, 1, 1) * err).to(global_map.dtype))
 
         component_map = images.new_zeros(batch, 1, *images.shape[-2:])
         component_scores = None
@@ -366,7 +367,7 @@ class AnomalyMoEModel(nn.Module):
                         continue
                     idx = self._rows(rows)
                     dist = component_distance(expert(feats[idx]), feats[idx])
-                    scores.index_add_(0, idx, weights[idx, sl.start + i].unsqueeze(1) * dist)
+                    scores.index_add_(0, idx, (weights[idx, sl.start + i].unsqueeze(1) * dist).to(scores.dtype))
                 component_scores = scores * valid  # filtered/absent clusters never contribute
                 component_map = component_map_from_scores(component_scores, component_masks)
         return {"patch": patch_map, "global": global_map, "component": component_map, "routing": routing,
