@@ -14,8 +14,10 @@ exact (training is then the same as without the cache); ``off``. Every epoch —
 on the stored values, so all epochs see the same targets.
 
 The cache lives in this process's RAM (CPU; pinned when training on CUDA) and is never saved in checkpoints.
-Under DDP each rank caches the images its sampler gives it; a batch whose images are partly new runs the
-backbone on the new ones only.
+Under DDP each rank caches the images its sampler gives it. A batch whose images are partly new (after a
+resume, under DDP) runs the backbone on the WHOLE batch and stores the new ones: CPU convolutions give an
+image's features to the last bits as a function of the batch SIZE (not of the other images), so features
+computed in a smaller sub-batch differed from the uninterrupted run's (a resumed run then ended ulps away).
 """
 
 from __future__ import annotations
@@ -125,10 +127,9 @@ class FrozenFeatureCache:
         missing = ~self.filled[index]
         if bool(missing.any()):
             new = index[missing]
-            batch = images if bool(missing.all()) else images[missing.to(images.device)]
-            with torch.no_grad():
-                computed = extract(batch).detach()
-            self._store(new, computed)
+            with torch.no_grad():  # the whole batch, whatever is new in it: see the module docstring
+                computed = extract(images).detach()
+            self._store(new, computed if bool(missing.all()) else computed[missing.to(computed.device)])
             self.computed += len(new)
         assert self.storage is not None
         out = self.storage[index]
