@@ -421,7 +421,7 @@ class AnomalyMoE(AnomalyModule):
                             "experts do not train.")
         losses = self.compute_losses(batch)
         optimizer.zero_grad()
-        self.manual_backward(losses["total"])
+        self.manual_backward(losses["total"] + self.gradient_anchor())
         if hp.grad_clip:
             self.clip_gradients(optimizer, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
         optimizer.step()
@@ -434,6 +434,20 @@ class AnomalyMoE(AnomalyModule):
         self.log("train/estimator", estimator_loss, on_step=False, on_epoch=True, batch_size=size)
         return losses["total"].detach()
 
+    def gradient_anchor(self) -> torch.Tensor:
+        """0 × one element of every trainable tensor (experts, router, CLUB estimator), added to the loss.
+
+        Every trainable tensor then gets a gradient each step — exactly 0 for the experts no image selected — as
+        in the authors' code, which runs all 18 experts and lets the routing weights zero them: their
+        StableAdamW keeps stepping those experts (momentum, weight decay), which it skips for a ``None``
+        gradient. It is also what DDP needs: every parameter it syncs takes part in the loss, so no
+        ``find_unused_parameters`` (and no per-step graph search) is needed. Costs a zero fill per tensor.
+        """
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            return torch.zeros((), device=self.device)
+        return torch.stack([p.reshape(-1)[0] for p in params]).sum() * 0.0
+
     def _estimator_step(self, losses: dict) -> torch.Tensor:
         """The CLUB estimator's own step: a no-grad forward of a NEW draw with the updated experts (as the
         authors'), then Adam on the estimator's NLL; the experts are untouched."""
@@ -445,7 +459,21 @@ class AnomalyMoE(AnomalyModule):
         feats = self.model.eir_features(losses["out"]["fused_tokens"], losses["image_ae"], draw)
         loss = self.eir.estimator_loss(feats)
         self.eir_optimizer.zero_grad()
-        loss.backward()
+        # autograd.grad, not backward(): the estimator's parameters are inside the DDP-wrapped module, whose
+        # gradient hooks must fire once per forward (the experts' backward); its gradients are averaged over
+        # the ranks here instead, so every rank's estimator stays the same.
+        params = [p for p in self.eir.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        used = [(p, g) for p, g in zip(params, grads) if g is not None]
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1 and used:
+            flat = torch.cat([g.reshape(-1) for _, g in used])
+            torch.distributed.all_reduce(flat)
+            flat /= torch.distributed.get_world_size()
+            grads_synced = flat.split([g.numel() for _, g in used])
+            used = [(p, s.view_as(g)) for (p, g), s in zip(used, grads_synced)]
+        for p, g in used:
+            p.grad = g
         if self.hparams.eir_grad_clip:
             torch.nn.utils.clip_grad_norm_(self.eir.parameters(), self.hparams.eir_grad_clip)
         self.eir_optimizer.step()
