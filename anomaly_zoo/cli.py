@@ -229,6 +229,14 @@ def _kind(key: str) -> str:
 class AnomalyZooCLI(LightningCLI):
     """The project's CLI; results go under ``results/<model>/<data>/version_N`` by default."""
 
+    #: The subcommand of this run when ``main`` knows it (``predict ...``): only its parser is built, not the
+    #: four full Trainer + model + data parsers (a few tenths of a second of every start). None: all of them.
+    only_subcommand: str | None = None
+
+    def subcommands(self) -> dict[str, set[str]]:
+        every = LightningCLI.subcommands()
+        return {self.only_subcommand: every[self.only_subcommand]} if self.only_subcommand in every else every
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
             "--test_after_fit",
@@ -577,6 +585,10 @@ def main(args: Sequence[str] | None = None) -> None:
         "Example: anomaly-zoo fit --model uniad --data synthetic --test_after_fit true\n"
         "Deploy: anomaly-zoo predict --ckpt_path CKPT images/ ; anomaly-zoo export --ckpt_path CKPT --format onnx"
     )
+    # `anomaly-zoo predict ...`: the one subcommand's parser. Help, a config before the subcommand, a typo: all.
+    first = argv[0] if argv else None
+    AnomalyZooCLI.only_subcommand = first if first in LightningCLI.subcommands() and not any(
+        a in ("-h", "--help") for a in argv) else None
     try:
         AnomalyZooCLI(
             AnomalyModule,
