@@ -203,3 +203,31 @@ def test_demo_config_runs_end_to_end_through_the_cli_with_masks_and_routing_file
     for name in ("test_results.csv", "routing_statistics.csv", "routing_statistics.png"):
         assert (run / name).is_file(), name
     assert "hard_mining_masks=authors" in (run / "test_results.md").read_text()
+
+
+@pytest.mark.parametrize("step_unrouted", [True, False])
+def test_unrouted_experts_get_exact_zero_gradients_and_a_decay_step_or_nothing(step_unrouted):
+    torch.manual_seed(0)
+    module = AnomalyMoE(**TINY, step_unrouted_experts=step_unrouted, eir_weight=0.0, warmup_iters=1, total_iters=4,
+                        lr=1e-2, weight_decay=0.5)
+    routed = []
+    original = module.compute_losses
+
+    def spy(batch, *args, **kwargs):
+        out = original(batch, *args, **kwargs)
+        routed.append(out["out"]["routing"].selected.any(dim=0))
+        return out
+
+    module.compute_losses = spy
+    experts = [*module.model.patch_experts, *module.model.global_experts, *module.model.component_experts]
+    before = [[p.detach().clone() for p in e.parameters()] for e in experts]
+    _trainer(max_steps=1).fit(module, DataLoader(FakeSet(), batch_size=4))
+    unrouted = [i for i in range(len(experts)) if not routed[0][i]]
+    assert len(routed) == 1 and unrouted and len(unrouted) < len(experts)
+    for i in unrouted:
+        for p, old in zip(experts[i].parameters(), before[i]):
+            if step_unrouted:  # as the authors' (every expert in the graph, weight 0): grad 0, decoupled decay
+                assert p.grad is not None and not p.grad.any()
+                assert torch.allclose(p.detach(), old * (1 - 1e-2 * 0.5), rtol=0, atol=1e-7)
+            else:
+                assert p.grad is None and torch.equal(p.detach(), old)

@@ -70,6 +70,11 @@ class AnomalyMoE(AnomalyModule):
             update-RMS clip 1) with linear warm-up and cosine by iteration (``total_iters`` default: the
             trainer's estimated steps); grad-norm clip of the experts + router.
         eir_lr, eir_weight_decay, eir_grad_clip: the CLUB estimator's Adam.
+        step_unrouted_experts: give every expert a gradient each step, exactly 0 when no image routed to it
+            (:meth:`gradient_anchor`), so the optimiser steps it as in the authors' code (momentum, decay) and
+            plain DDP works. ``false``: unrouted experts are skipped by the optimiser, whose state then exists
+            only for experts that were routed at least once (much less memory at paper width); DDP then needs
+            ``--trainer.strategy ddp_find_unused_parameters_true``.
         normalization: ``training`` (per-category level ranges of the training images, computed at the end of
             fit, saved in the checkpoint) or ``test_set`` (min–max over each category's test set: the authors'
             transductive protocol).
@@ -127,6 +132,7 @@ class AnomalyMoE(AnomalyModule):
         eir_lr: float = 5e-4,
         eir_weight_decay: float = 1e-4,
         eir_grad_clip: float | None = 0.1,
+        step_unrouted_experts: bool = True,
         normalization: str = "training",
         component_masks: bool = True,
         mask_settings: dict | None = None,
@@ -421,7 +427,8 @@ class AnomalyMoE(AnomalyModule):
                             "experts do not train.")
         losses = self.compute_losses(batch)
         optimizer.zero_grad()
-        self.manual_backward(losses["total"] + self.gradient_anchor())
+        anchor = self.gradient_anchor() if hp.step_unrouted_experts else 0.0
+        self.manual_backward(losses["total"] + anchor)
         if hp.grad_clip:
             self.clip_gradients(optimizer, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
         optimizer.step()
@@ -527,6 +534,7 @@ class AnomalyMoE(AnomalyModule):
         switches = (f"AnomalyMoE switches: {crop}hard_mining_masks={hp.hard_mining_masks}, "
                     f"hard_mining_scope={hp.hard_mining_scope}, test_groups={hp.test_groups}, "
                     f"eir_log_variance={str(hp.eir_log_variance).lower()}, normalization={hp.normalization}, "
+                    f"step_unrouted_experts={str(hp.step_unrouted_experts).lower()}, "
                     f"component masks {'on' if hp.component_masks and self.model.counts[2] else 'off'}, "
                     f"no colour jitter at test.")
         return caption.replace(" Values in %.", f" {switches} Values in %.")
