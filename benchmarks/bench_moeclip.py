@@ -106,6 +106,31 @@ def _train_step(module: MoECLIP, optimizer, batch: dict) -> None:
     optimizer.step()
 
 
+COST_NOTES = """## What costs what
+
+MoECLIP runs exactly the tower's vision blocks (the last adapter sits after the last block; only the tower's own
+`ln_post` / pooling / projection of the CLS token is skipped) and adds two things:
+
+- **The MoE adapters** (4 layers): per token a router (width → 4), the FOFS codes (width → 4·r), the routed
+  up-projection (4·r → width), two norms and the mixing. At ViT-L widths that is < 0.5 % of one block's
+  arithmetic per layer.
+- **The heads**: per level and PAA size (4 × 3) an average pooling, `ln_post`, a width → text-width projection,
+  normalisation and a 2-column similarity (all 12 in one batched pass); the detection head on the last level
+  (reusing that level's `ln_post`); one Gaussian blur at patch resolution and one bilinear upsampling of the summed
+  map to the input size; the fused image score. Text features are cached, never recomputed per image. The 12
+  projections are the main cost: at ViT-L/518 about 0.6 of one block's matmul work, i.e. a few per cent of the
+  24-block tower (the FLOP ratio column; the heads column measures them directly).
+
+So at the paper's size the inference is the tower plus a few per cent: the measured ratio there is ≈ 1 within
+the machine's noise (see the range), and the FLOP ratio is the noise-free figure. The demo tower is tiny (width
+64, 4 blocks, 257 tokens): each kernel takes microseconds, and a call of the tower dispatches ~60 aten operations
+against MoECLIP's ~350 (views included; counted with a dispatch mode): the extra ones cost their dispatch
+overhead rather than their arithmetic: the FLOP ratio is about 1.1× but wall time
+is 1.3–2× (batch 32 amortises part of it). That excess is fixed per call and does not grow with the model; it
+is not removable without fusing kernels (e.g. `torch.compile`), which the package does not require.
+"""
+
+
 # ---- FLOPs: a noise-free ratio ----------------------------------------------------------------------------------
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     # torch's counter knows the CUDA attention kernels, not the CPU one: the same count (QKᵀ and AV).
@@ -221,7 +246,9 @@ def time_inference(module: MoECLIP, infer_batch: int, device: torch.device, roun
         visual(images)
         levels = model.encode_image(images)
         # Tiny configs: repeat each call within a round and keep the best, so one descheduling does not decide.
-        once = min(_timed(lambda: module.predict_anomaly(images, categories), device) for _ in range(3))
+        once = _timed(lambda: module.predict_anomaly(images, categories), device)
+        if once < 0.2:  # tiny: calibrate on the best of a few calls (a large model needs no repeats)
+            once = min(_timed(lambda: module.predict_anomaly(images, categories), device) for _ in range(3))
         inner = max(1, min(20, int(0.2 / max(once, 1e-6))))
         times: dict[str, list[float]] = {"tower": [], "full": [], "heads": []}
 
@@ -331,6 +358,7 @@ def report(rows: list[dict], opts, device: torch.device, load: tuple[tuple[float
         "peak* includes the model (ViT-L/14 vision tower ≈ 1.2 GB in fp32). `gradient_checkpointing` recomputes the "
         "frozen blocks after the first adapter in the backward pass instead of keeping their activations.",
         "",
+        COST_NOTES,
     ]
     return "\n".join(lines)
 
