@@ -261,6 +261,9 @@ class AnomalyModule(pl.LightningModule):
         datamodule = self.trainer.datamodule
         size = getattr(datamodule, "image_size", None)
         resolution = f"{size[0]}×{size[1]}" if size else "native resolution"
+        if size and self.map_coverage < 1:  # the model centre-crops its input: metrics see the crop
+            crop = tuple(int(side * self.map_coverage + 1e-6) for side in size)
+            resolution = f"{crop[0]}×{crop[1]} (centre crop of {resolution})"
         seed = os.environ.get("PL_GLOBAL_SEED", "not set")
         name = getattr(type(self), "registry_name", type(self).__name__)
         data = getattr(type(datamodule), "registry_name", type(datamodule).__name__) if datamodule else "?"
