@@ -172,6 +172,10 @@ class AnomalyMoE(AnomalyModule):
         self.automatic_optimization = False  # two optimisers stepped in one iteration (experts, then estimator)
         self.eir_optimizer: torch.optim.Optimizer | None = None
         self.train_stats: dict[str, torch.Tensor] = {}  # category → (3 levels, [min, max])
+        #: The fit's component-mask k-means centres and kept clusters per (dataset, category) + settings
+        #: (prepare_masks.MaskPreparer.stored_centres), saved in the checkpoint for `predict` on new images.
+        self.mask_centres: dict[str, Any] | None = None
+        self._predict_masks_error: Exception | None = None
         self._stash: dict[str, Any] = {}
         self._mean_std = NORMALIZATIONS["imagenet"]
         self._eval_size: tuple[int, int] | None = None
@@ -193,8 +197,45 @@ class AnomalyMoE(AnomalyModule):
                 self._warn_once("dm", "AnomalyMoE: component masks need an anomaly_zoo DataModule; component "
                                 "experts get no components.")
                 return
-            settings = {"weights_option": "--model.init_args.mask_settings.weights", **dict(self.hparams.mask_settings or {})}
-            attach_component_masks(datamodule, stage, **settings)
+            settings = self._mask_settings()
+            if stage == "predict":
+                self._attach_predict_masks(datamodule)
+                return
+            preparer = attach_component_masks(datamodule, stage, **settings)
+            if stage == "fit":
+                # Saved in the checkpoint: `predict` on new images needs these, not the training images.
+                self.mask_centres = preparer.stored_centres()
+
+    def _mask_settings(self) -> dict[str, Any]:
+        return {"weights_option": "--model.init_args.mask_settings.weights", **dict(self.hparams.mask_settings or {})}
+
+    def _attach_predict_masks(self, datamodule) -> None:
+        """Predict-stage masks: from the fit's stored centres when known, else the category's training images.
+
+        Lightning calls ``setup`` before it loads ``--ckpt_path``: without stored centres yet, a DataModule with
+        no training images (``predict imgs/``) waits for :meth:`on_load_checkpoint`, which attaches them.
+        """
+        from anomaly_zoo.data.errors import DatasetError
+        from anomaly_zoo.models.anomalymoe.prepare_masks import (
+            attach_component_masks,
+            attach_stored_component_masks,
+        )
+
+        self._predict_masks_error = None
+        if self.mask_centres:
+            attach_stored_component_masks(datamodule, "predict", self.mask_centres, **self._mask_settings())
+            return
+        try:
+            attach_component_masks(datamodule, "predict", **self._mask_settings())
+        except DatasetError as err:
+            self._predict_masks_error = err
+
+    def on_predict_start(self) -> None:
+        error = getattr(self, "_predict_masks_error", None)
+        if error is not None:
+            raise type(error)(f"{error} The model holds no stored component-mask centres either (fit stores them "
+                              "in the checkpoint; pass --ckpt_path).") from None
+        super().on_predict_start()
 
     def _crop_size(self, hw: tuple[int, int]) -> tuple[int, int]:
         f = self.hparams.center_crop
@@ -346,7 +387,29 @@ class AnomalyMoE(AnomalyModule):
                     stats[c] = row
         finally:
             self.train(was_training)
-        return stats
+        return self._reduce_over_ranks(stats)
+
+    def _reduce_over_ranks(self, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Under DDP each rank saw its own training shard: MIN of the mins and MAX of the maxes over the ranks,
+        per category (the union of every rank's categories; a rank without one contributes +inf / -inf)."""
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return stats
+        names: list = [None] * dist.get_world_size()
+        dist.all_gather_object(names, sorted(stats))
+        categories = sorted({c for rank in names for c in rank})
+        if not categories:
+            return stats
+        low = torch.full((len(categories), len(LEVELS)), math.inf, dtype=torch.float64)
+        high = torch.full((len(categories), len(LEVELS)), -math.inf, dtype=torch.float64)
+        for i, c in enumerate(categories):
+            if c in stats:
+                low[i], high[i] = stats[c][:, 0].double(), stats[c][:, 1].double()
+        low, high = low.to(self.device), high.to(self.device)
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        dtype = next(iter(stats.values())).dtype if stats else torch.float32
+        return {c: torch.stack([low[i], high[i]], 1).to("cpu", dtype) for i, c in enumerate(categories)}
 
     def _refresh_train_stats(self) -> None:
         datamodule = self.trainer.datamodule
@@ -382,6 +445,8 @@ class AnomalyMoE(AnomalyModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["anomalymoe_train_stats"] = {k: v.clone() for k, v in self.train_stats.items()}
+        if self.mask_centres:
+            checkpoint["anomalymoe_mask_centres"] = self.mask_centres
         if self.eir_optimizer is not None:
             checkpoint["anomalymoe_eir_optimizer"] = self.eir_optimizer.state_dict()
 
@@ -389,6 +454,19 @@ class AnomalyMoE(AnomalyModule):
         super().on_load_checkpoint(checkpoint)
         self.train_stats = dict(checkpoint.get("anomalymoe_train_stats", {}))
         self._eir_optimizer_state = checkpoint.get("anomalymoe_eir_optimizer")
+        self.mask_centres = checkpoint.get("anomalymoe_mask_centres") or self.mask_centres
+        trainer = self._trainer
+        if trainer is not None and trainer.predicting and self.mask_centres and self.hparams.component_masks \
+                and self.model.counts[2]:
+            from anomaly_zoo.data.base import AnomalyDataModule
+            from anomaly_zoo.models.anomalymoe.prepare_masks import attach_stored_component_masks
+
+            # `setup` ran before the checkpoint was read (Lightning's order): attach the stored-centre masks now,
+            # before the predict DataLoader is built.
+            if isinstance(trainer.datamodule, AnomalyDataModule):
+                attach_stored_component_masks(trainer.datamodule, "predict", self.mask_centres,
+                                              **self._mask_settings())
+                self._predict_masks_error = None
 
     # ---- training ---------------------------------------------------------------------------------------
     def draw_eir_pairs(self) -> dict[str, tuple[int, int]]:

@@ -13,6 +13,10 @@ Cache layout, under ``$ANOMALY_ZOO_CACHE`` (default ``~/.cache/anomaly_zoo``)::
 ``<key>`` hashes the dataset (class and root), the category, the training images (path, mtime, size)
 and every setting (feature model, its weights, k, size, coreset, CRF backend and parameters, seed);
 ``<list>`` hashes the images of that file. Every file is written to a temporary name and renamed.
+
+``predict`` on images without a training set (``anomaly-zoo predict --ckpt_path CKPT imgs/``) uses the centres
+and kept clusters the fit stored in the checkpoint (:meth:`MaskPreparer.stored_centres`,
+:func:`attach_stored_component_masks`); their masks are cached under ``anomalymoe_masks/stored/<key>/``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import hashlib
 import json
 import os
 import uuid
+import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -125,6 +130,8 @@ class MaskPreparer:
         self._extractor: DinoPatchFeatures | None = None
         #: Images whose features were computed by this preparer (tests check that a warm cache computes none).
         self.images_computed = 0
+        #: (dataset name, category) → (centres, kept clusters) of every group this preparer wrapped.
+        self.fitted: dict[tuple[str, str], tuple[torch.Tensor, np.ndarray]] = {}
 
     # ---- keys -----------------------------------------------------------------------------------
     def settings_key(self) -> dict:
@@ -254,6 +261,7 @@ class MaskPreparer:
             directory = self.group_dir(module, category, _fingerprint(train))
             name = getattr(type(module), "registry_name", module.DATASET_NAME)
             centres, keep = self.centres(directory, train, f"{name}/{category}")
+            self.fitted[(str(name), str(category))] = (centres, keep)
             members = [i for i, s in enumerate(samples) if s.category == category]
             split = getattr(dataset, "split", "")
             path = self.masks(directory, [samples[i].image_path for i in members], centres, keep,
@@ -261,6 +269,73 @@ class MaskPreparer:
             for position, index in enumerate(members):
                 locations[index] = (str(path), str(position))
         return ComponentMaskDataset(dataset, locations, self.settings.num_clusters, self.settings_key())
+
+    # ---- masks from a checkpoint's centres (predict without training images) -------------------------
+    def stored_centres(self) -> dict[str, Any]:
+        """What :func:`attach_stored_component_masks` needs, in checkpoint-safe types (tensors, str, lists)."""
+        groups = [{"dataset": name, "category": category, "centres": centres.clone(),
+                   "keep": torch.as_tensor(np.asarray(keep, dtype=bool))}
+                  for (name, category), (centres, keep) in self.fitted.items()]
+        return {"settings": self.settings_key(), "groups": groups}
+
+    def wrap_stored(self, module: AnomalyDataModule, dataset: Dataset, groups: list[dict]) -> ComponentMaskDataset:
+        """``dataset`` with masks from stored centres; each item's ``category`` becomes the matched stored one."""
+        if isinstance(dataset, ComponentMaskDataset):
+            dataset = dataset.base
+        samples: list[Sample] | None = getattr(dataset, "samples", None)
+        if samples is None:
+            raise DatasetError(f"Component masks need image files: {type(dataset).__name__} has no `samples`.")
+        name = str(getattr(type(module), "registry_name", module.DATASET_NAME))
+        chosen = [stored_group_for(s, name, groups) for s in samples]
+        locations: list[tuple[str, str] | None] = [None] * len(samples)
+        for g in dict.fromkeys(chosen):
+            group = groups[g]
+            centres = group["centres"].float().cpu()
+            keep = group["keep"].cpu().numpy().astype(bool)
+            identity = {**self.settings_key(), "stored": group["dataset"], "category": group["category"],
+                        "centres": hashlib.sha256(centres.numpy().tobytes()).hexdigest(), "keep": keep.tolist()}
+            directory = self.root / "stored" / _hash(identity)
+            members = [i for i, c in enumerate(chosen) if c == g]
+            path = self.masks(directory, [samples[i].image_path for i in members], centres, keep,
+                              f"{group['dataset']}/{group['category']} (stored centres)")
+            for position, index in enumerate(members):
+                locations[index] = (str(path), str(position))
+        return ComponentMaskDataset(dataset, locations, self.settings.num_clusters, self.settings_key(),
+                                    categories=[str(groups[g]["category"]) for g in chosen])
+
+
+def stored_group_for(sample: Sample, dataset_name: str, groups: list[dict]) -> int:
+    """Index of the stored (dataset, category) whose centres segment ``sample``.
+
+    The sample's category if it is a stored one (ties between datasets: the one named like the DataModule);
+    else the only stored group; else the nearest folder of the image named after a stored category.
+    """
+    by_category: dict[str, list[int]] = {}
+    for i, group in enumerate(groups):
+        by_category.setdefault(str(group["category"]), []).append(i)
+
+    def pick(category: str) -> int | None:
+        found = by_category.get(category, [])
+        if len(found) > 1:
+            found = [i for i in found if groups[i]["dataset"] == dataset_name] or found[:0]
+        return found[0] if len(found) == 1 else None
+
+    choice = pick(str(sample.category))
+    if choice is None and len(groups) == 1:
+        choice = 0
+    if choice is None:
+        for folder in reversed(Path(sample.image_path).parent.parts):
+            choice = pick(folder)
+            if choice is not None:
+                break
+    if choice is None:
+        names = ", ".join(sorted(f"{g['dataset']}/{g['category']}" for g in groups))
+        raise DatasetError(
+            f"AnomalyMoE cannot tell which trained category '{sample.image_path}' (category '{sample.category}') "
+            f"belongs to, for its component masks: pass --data.category NAME with one of {names} (or put the "
+            "images in a folder named after it)."
+        )
+    return choice
 
 
 class ComponentMaskDataset(Dataset):
@@ -272,11 +347,14 @@ class ComponentMaskDataset(Dataset):
     archive per process (DataLoader workers open their own).
     """
 
-    def __init__(self, base: Dataset, locations: list[tuple[str, str] | None], num_clusters: int, key: dict) -> None:
+    def __init__(self, base: Dataset, locations: list[tuple[str, str] | None], num_clusters: int, key: dict,
+                 categories: list[str] | None = None) -> None:
         self.base = base
         self.locations = locations
         self.num_clusters = num_clusters
         self.key = key
+        #: Per item, the category to report instead of the dataset's (masks from a checkpoint's centres).
+        self.categories_override = categories
         self._archives: dict[str, Any] = {}
 
     def __len__(self) -> int:
@@ -284,7 +362,7 @@ class ComponentMaskDataset(Dataset):
 
     def __getattr__(self, name: str) -> Any:
         # samples, categories, split, transform … of the wrapped dataset (base's loop reads `categories`).
-        if name in ("base", "locations", "_archives", "num_clusters", "key"):
+        if name in ("base", "locations", "_archives", "num_clusters", "key", "categories_override"):
             raise AttributeError(name)
         return getattr(self.base, name)
 
@@ -316,6 +394,8 @@ class ComponentMaskDataset(Dataset):
         out = np.zeros((self.num_clusters, height, width), dtype=np.uint8)
         out[: len(masks)] = masks[: self.num_clusters]
         component_masks = torch.from_numpy(out)
+        if self.categories_override is not None:
+            item = {**item, "category": self.categories_override[index]}
         return {**item, "component_masks": component_masks, "component_valid": component_masks.flatten(1).any(1).bool()}
 
 
@@ -360,7 +440,7 @@ def attach_component_masks(
     batch_size: int = 8,
     progress: bool = True,
     weights_option: str = "component_mask_weights",
-) -> None:
+) -> MaskPreparer:
     """Give every sample of ``stage``'s datasets ``component_masks`` and ``component_valid`` (module docstring).
 
     Call after ``datamodule.setup(stage)`` (Lightning does that before ``LightningModule.setup``), e.g. from
@@ -379,15 +459,61 @@ def attach_component_masks(
         coreset_ratio, crf_backend, crf, seed: the pipeline's settings (:mod:`.component_masks`, :mod:`.crf`).
         batch_size: images per feature-extraction batch.
         progress: show a tqdm progress bar while computing.
+
+    Returns the preparer: its :meth:`~MaskPreparer.stored_centres` go into the checkpoint.
     """
     if not isinstance(datamodule, AnomalyDataModule):
         raise TypeError(f"attach_component_masks needs an AnomalyDataModule, got {type(datamodule).__name__}.")
+    preparer = make_preparer(
+        num_clusters=num_clusters, feature_model=feature_model, pretrained=pretrained, weights=weights,
+        cache_dir=cache_dir, device=device, feature_model_kwargs=feature_model_kwargs, image_size=image_size,
+        coreset_ratio=coreset_ratio, crf_backend=crf_backend, crf=crf, seed=seed, batch_size=batch_size,
+        progress=progress, weights_option=weights_option)
+    _wrap_datasets(datamodule, stage, preparer.wrap)
+    return preparer
+
+
+def make_preparer(
+    *,
+    num_clusters: int = 5,
+    feature_model: str = "vit_small_patch16_224.dino",
+    pretrained: bool = True,
+    weights: str | None = None,
+    cache_dir: str | Path | None = None,
+    device: str | torch.device | None = None,
+    feature_model_kwargs: dict | None = None,
+    image_size: int = 448,
+    coreset_ratio: float = 0.01,
+    crf_backend: str = "auto",
+    crf: CRFParams | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    progress: bool = True,
+    weights_option: str = "component_mask_weights",
+) -> MaskPreparer:
+    """The :class:`MaskPreparer` of ``attach_component_masks``' settings."""
     if num_clusters < 1:
         raise ValueError(f"num_clusters must be ≥ 1, got {num_clusters}.")
     settings = MaskSettings(
         num_clusters=num_clusters, image_size=image_size, coreset_ratio=coreset_ratio, seed=seed,
         crf=crf or CRFParams(), crf_backend=resolve_backend(crf_backend),
     )
-    preparer = MaskPreparer(settings, feature_model, pretrained, weights, feature_model_kwargs, cache_dir, device,
-                            batch_size, progress, weights_option)
-    _wrap_datasets(datamodule, stage, preparer.wrap)
+    return MaskPreparer(settings, feature_model, pretrained, weights, feature_model_kwargs, cache_dir, device,
+                        batch_size, progress, weights_option)
+
+
+def attach_stored_component_masks(datamodule: AnomalyDataModule, stage: str | None, stored: dict[str, Any],
+                                  **settings: Any) -> MaskPreparer:
+    """Like :func:`attach_component_masks`, but from centres stored by a fit (:meth:`MaskPreparer.stored_centres`):
+    no training images needed. ``settings`` are ``attach_component_masks``' keyword arguments (the fit's)."""
+    if not isinstance(datamodule, AnomalyDataModule):
+        raise TypeError(f"attach_stored_component_masks needs an AnomalyDataModule, got {type(datamodule).__name__}.")
+    groups = list(stored.get("groups") or [])
+    if not groups:
+        raise DatasetError("The checkpoint stores no component-mask centres (its fit prepared no masks).")
+    preparer = make_preparer(**settings)
+    if stored.get("settings") is not None and _hash(stored["settings"]) != _hash(preparer.settings_key()):
+        warnings.warn("AnomalyMoE: the component-mask settings differ from those the stored centres were fitted "
+                      "with (mask_settings / feature-model weights); the masks may not match training.", stacklevel=2)
+    _wrap_datasets(datamodule, stage, lambda module, dataset: preparer.wrap_stored(module, dataset, groups))
+    return preparer

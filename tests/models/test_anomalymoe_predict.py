@@ -1,0 +1,125 @@
+"""AnomalyMoE ``predict`` on new images: component masks from the k-means centres stored in the checkpoint."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from anomaly_zoo.data.errors import DatasetError
+from anomaly_zoo.data.images import ImageFiles
+from anomaly_zoo.data.synthetic import SyntheticDataModule
+from anomaly_zoo.models.anomalymoe import AnomalyMoE
+
+TINY = dict(
+    backbone_kwargs={"embed_dim": 24, "depth": 12, "num_heads": 2, "img_size": 70}, pretrained=False,
+    decoder_heads=2, router_hidden=16, global_ae_channels=(4, 4, 8), global_student_channels=(4, 8),
+    global_input_size=56, component_hidden=16, component_inner=8, component_code=8, center_crop=0.875,
+    warmup_iters=1,
+)
+CATEGORIES = ["grid", "assembly"]
+
+
+def _trainer(**kw) -> pl.Trainer:
+    return pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, **kw)
+
+
+def _data(root: Path, category) -> SyntheticDataModule:
+    return SyntheticDataModule(root=str(root), category=category, generated_size=64, num_train=6, num_val=0,
+                               num_test=3, image_size=64, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> dict:
+    """A 2-step fit on two synthetic categories, saved as a checkpoint (the training images stay elsewhere)."""
+    base = tmp_path_factory.mktemp("amoe_predict")
+    mask_settings = {"pretrained": False, "feature_model_kwargs": {"embed_dim": 32, "depth": 1, "num_heads": 2},
+                     "image_size": 64, "coreset_ratio": 0.1, "progress": False, "cache_dir": str(base / "cache")}
+    torch.manual_seed(0)
+    model = AnomalyMoE(**TINY, mask_settings=mask_settings)
+    data = _data(base / "data", CATEGORIES)
+    trainer = _trainer(max_steps=2, limit_val_batches=0)
+    trainer.fit(model, datamodule=data)
+    ckpt = base / "model.ckpt"
+    trainer.save_checkpoint(ckpt)
+    return {"base": base, "ckpt": ckpt, "root": Path(data.root), "mask_settings": mask_settings}
+
+
+@pytest.fixture
+def seen(monkeypatch) -> dict:
+    """path → (score, map, component masks) of every image any stage scored."""
+    record: dict = {}
+    original = AnomalyMoE.anomaly_output
+
+    def spy(self, batch):
+        out = original(self, batch)
+        for i, path in enumerate(batch["path"]):
+            record[str(Path(path).resolve())] = (float(out["pred_score"][i]), out["anomaly_map"][i].clone(),
+                                                 batch["component_masks"][i].clone())
+        return out
+
+    monkeypatch.setattr(AnomalyMoE, "anomaly_output", spy)
+    return record
+
+
+def _test(fitted, category: str) -> None:
+    model = AnomalyMoE(**TINY, mask_settings=fitted["mask_settings"])
+    _trainer().test(model, datamodule=_data(fitted["root"], category), ckpt_path=str(fitted["ckpt"]),
+                    verbose=False)
+
+
+def _predict(fitted, paths, **kw) -> list[dict]:
+    model = AnomalyMoE(**TINY, mask_settings=fitted["mask_settings"])
+    data = ImageFiles(path=[str(p) for p in paths], image_size=64, batch_size=2, **kw)
+    batches = _trainer().predict(model, datamodule=data, ckpt_path=str(fitted["ckpt"]))
+    return [{k: b[k][i] for k in ("path", "pred_score", "anomaly_map", "category")}
+            for b in batches for i in range(len(b["path"]))]
+
+
+def test_checkpoint_stores_the_centres_of_every_trained_category(fitted):
+    checkpoint = torch.load(fitted["ckpt"], map_location="cpu", weights_only=True)
+    groups = checkpoint["anomalymoe_mask_centres"]["groups"]
+    assert sorted(g["category"] for g in groups) == sorted(CATEGORIES)
+    for g in groups:
+        assert g["centres"].shape == (5, 32) and g["keep"].dtype == torch.bool and g["keep"].shape == (5,)
+
+
+@pytest.mark.parametrize("category,count", [("grid", 1), ("assembly", 3)])
+def test_predict_without_training_images_matches_test(fitted, tmp_path, monkeypatch, seen, category, count):
+    _test(fitted, category)
+    expected = dict(seen)
+    # Copies of test images in a folder named after the category, no training images anywhere near.
+    sources = sorted((fitted["root"] / category / "test").rglob("*.png"))
+    sources = [p for p in sources if "ground_truth" not in p.parts][:count]
+    folder = tmp_path / "new" / category
+    folder.mkdir(parents=True)
+    copies = []
+    for i, src in enumerate(sources):
+        copies.append(folder / f"{i}_{src.name}")
+        shutil.copy(src, copies[-1])
+    monkeypatch.setenv("ANOMALY_ZOO_CACHE", str(tmp_path / "cache"))
+    rows = _predict(fitted, copies)
+    assert len(rows) == count
+    for src, copy, row in zip(sources, copies, rows):
+        score, amap, masks = expected[str(src.resolve())]
+        assert masks.any(), "the test image has no component mask: the comparison would not test them"
+        assert torch.equal(seen[str(copy.resolve())][2], masks)  # the same masks as the test prepare step
+        assert row["category"] == category
+        assert float(row["pred_score"]) == pytest.approx(score, abs=1e-6)
+        assert torch.allclose(row["anomaly_map"].squeeze(), amap.squeeze(), atol=1e-6)
+
+
+def test_predict_category_rules(fitted, tmp_path):
+    src = next(p for p in (fitted["root"] / "grid" / "test").rglob("*.png") if "ground_truth" not in p.parts)
+    loose = tmp_path / "pics" / "x.png"
+    loose.parent.mkdir()
+    shutil.copy(src, loose)
+    # Two stored categories, a folder named after neither, the default category: one clear error.
+    with pytest.raises(DatasetError, match=r"--data.category NAME with one of synthetic/assembly, synthetic/grid"):
+        _predict(fitted, [loose])
+    rows = _predict(fitted, [loose], category="grid")  # named: used
+    assert [r["category"] for r in rows] == ["grid"]
