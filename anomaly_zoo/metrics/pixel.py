@@ -51,7 +51,6 @@ from anomaly_zoo.metrics.pixel_exact import ExactPixelStore
 from anomaly_zoo.metrics.pixel_store import PixelStore
 from anomaly_zoo.metrics.pixel_streaming import StreamingPixelStore
 from anomaly_zoo.metrics.pro import aupro, aupro_error_bound, pro_curve_points
-from anomaly_zoo.metrics.root_gather import gather_to_root, root_result
 from anomaly_zoo.metrics.samples import ListStateMetric
 from anomaly_zoo.metrics.validation import check_pixel_batch
 
@@ -149,46 +148,9 @@ class PixelMetrics(ListStateMetric):
         out = self._on_root(self._all_values)
         return {k: torch.tensor(v, dtype=torch.float64, device=self.device) for k, v in out.items()}
 
-    # ---- DDP: the store's root_states go to rank 0 only, which computes (metrics/root_gather.py) ----------
-    def _sync_dist(self, dist_sync_fn: Any = None, process_group: Any = None) -> None:
-        root = self.store.root_states
-        if not root:
-            return super()._sync_dist(dist_sync_fn, process_group)
-        reductions = self._reductions
-        self._reductions = {k: v for k, v in reductions.items() if k not in root}  # torchmetrics syncs the rest
-        try:
-            super()._sync_dist(dist_sync_fn, process_group)
-        finally:
-            self._reductions = reductions
-        gathered = gather_to_root({name: getattr(self, name) for name in root},
-                                  {name: self._list_specs[name] for name in root}, process_group or self.process_group)
-        for name, full in gathered.items():
-            setattr(self, name, [] if full is None else [full])
-
-    def _copy_state_dict(self) -> dict[str, Any]:
-        # The unsync cache: root states are replaced at sync, never changed in place, so the cache keeps the
-        # same tensors instead of torchmetrics' clone (one more copy of every map).
-        root = set(self.store.root_states)
-        cache = {name: list(getattr(self, name)) for name in root}
-        for name in self._defaults:
-            if name not in root:
-                value = getattr(self, name)
-                cache[name] = value.detach().clone() if isinstance(value, Tensor) else [
-                    v.detach().clone() if isinstance(v, Tensor) else v for v in value]
-        return cache
-
-    def _on_root(self, fn: Any) -> Any:
-        """``fn()``; on states gathered to rank 0 only, run there and broadcast (every rank gets the same)."""
-        if self._is_synced and self.store.root_states:
-            return root_result(fn, self.process_group)
-        return fn()
-
-    def _synced(self, fn: Any) -> Any:
-        """Run ``fn()`` on states synced across processes (like ``compute``)."""
-        with self.sync_context(
-            dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync
-        ):
-            return self._on_root(fn)
+    @property
+    def root_states(self) -> tuple[str, ...]:
+        return self.store.root_states
 
     def error_bounds(self) -> dict[str, float]:
         """Upper bounds on |value - exact value| per metric (all 0 in exact mode)."""

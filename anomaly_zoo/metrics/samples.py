@@ -8,13 +8,17 @@ how samples were split across processes).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
+
+from anomaly_zoo.metrics.root_gather import gather_to_root, root_result
+
+T = TypeVar("T")
 
 __all__ = ["ListStateMetric", "unique_sample_order", "cat_state"]
 
@@ -71,6 +75,10 @@ class ListStateMetric(Metric):
     torchmetrics substitutes an empty *float32* tensor for an empty list state, which breaks the gather when
     the state is int64 or 2-D on the other ranks. Subclasses declare their list states with
     :meth:`add_list_state` and get correctly typed empty placeholders.
+
+    List states named in :attr:`root_states` (every map of an exact metric) are gathered to rank 0 only
+    (:mod:`~anomaly_zoo.metrics.root_gather`), not to every rank: a subclass computes from them through
+    :meth:`_on_root` (rank 0 computes, every rank gets the result).
     """
 
     full_state_update = True  # forward() must update the accumulated states through update()
@@ -78,6 +86,11 @@ class ListStateMetric(Metric):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._list_specs: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+
+    @property
+    def root_states(self) -> tuple[str, ...]:
+        """List states that, under DDP, go to rank 0 only; none by default."""
+        return ()
 
     def add_list_state(self, name: str, dtype: torch.dtype, tail: tuple[int, ...] = ()) -> None:
         self.add_state(name, default=[], dist_reduce_fx="cat")
@@ -91,4 +104,44 @@ class ListStateMetric(Metric):
         kwargs: dict[str, Any] = {"process_group": process_group}
         if dist_sync_fn is not None:
             kwargs["dist_sync_fn"] = dist_sync_fn
-        super()._sync_dist(**kwargs)
+        root = self.root_states
+        if not root:
+            super()._sync_dist(**kwargs)
+            return
+        reductions = self._reductions
+        self._reductions = {k: v for k, v in reductions.items() if k not in root}  # torchmetrics syncs the rest
+        try:
+            super()._sync_dist(**kwargs)
+        finally:
+            self._reductions = reductions
+        gathered = gather_to_root({name: getattr(self, name) for name in root},
+                                  {name: self._list_specs[name] for name in root}, process_group or self.process_group)
+        for name, full in gathered.items():
+            setattr(self, name, [] if full is None else [full])
+
+    def _copy_state_dict(self) -> dict[str, Any]:
+        # The unsync cache: root states are replaced at sync, never changed in place, so the cache keeps the
+        # same tensors instead of torchmetrics' clone (one more copy of every map).
+        root = set(self.root_states)
+        if not root:
+            return super()._copy_state_dict()
+        cache = {name: list(getattr(self, name)) for name in root}
+        for name in self._defaults:
+            if name not in root:
+                value = getattr(self, name)
+                cache[name] = value.detach().clone() if isinstance(value, Tensor) else [
+                    v.detach().clone() if isinstance(v, Tensor) else v for v in value]
+        return cache
+
+    def _on_root(self, fn: Callable[[], T]) -> T:
+        """``fn()``; on states gathered to rank 0 only, run there and broadcast (every rank gets the same)."""
+        if self._is_synced and self.root_states:
+            return root_result(fn, self.process_group)
+        return fn()
+
+    def _synced(self, fn: Callable[[], T]) -> T:
+        """Run ``fn()`` on states synced across processes (like ``compute``)."""
+        with self.sync_context(
+            dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync
+        ):
+            return self._on_root(fn)

@@ -338,7 +338,16 @@ class SPRO(ListStateMetric):
         value = aupro(counts, self.fpr_limit)
         return value, aupro_error_bound(counts, self.fpr_limit), counts.n_regions
 
+    @property
+    def root_states(self) -> tuple[str, ...]:
+        """Exact mode: every map goes to rank 0 only under DDP, which computes (``metrics/root_gather.py``)."""
+        return tuple(self._list_specs) if self.mode == "exact" else ()
+
     def compute(self) -> dict[str, Tensor]:
+        out = self._on_root(self._values)
+        return {k: torch.tensor(v, dtype=torch.float64, device=self.device) for k, v in out.items()}
+
+    def _values(self) -> dict[str, float]:
         out: dict[str, float] = {"n_images": float(self.n_images)}
         per_split = []
         for code, name in enumerate(self.splits, start=1):
@@ -351,14 +360,11 @@ class SPRO(ListStateMetric):
             out["spro_bound"] = sum(b for _, b in per_split) / len(per_split)
         else:
             out["spro"], out["spro_bound"] = float("nan"), 0.0
-        return {k: torch.tensor(v, dtype=torch.float64, device=self.device) for k, v in out.items()}
+        return out
 
     def curve(self, split: int = 1) -> tuple[Tensor, Tensor]:
         """(FPR, mean sPRO) at every operating point of split code ``split``, from (0, 0) to (1, 1)."""
-        with self.sync_context(
-            dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync
-        ):
-            return pro_curve_points(self.ranked(split))
+        return self._synced(lambda: pro_curve_points(self.ranked(split)))
 
 
 def spro_curve(anomaly_map: Tensor, regions: Tensor, saturation: Tensor) -> tuple[Tensor, Tensor]:

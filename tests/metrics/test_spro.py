@@ -197,12 +197,21 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         data = random_loco_set(seed=9)
         mine = list(range(12))[rank::world]
         padded = mine + ([0] if rank == 1 else [])  # a DistributedSampler-style repeat
+        ranked_pixels: list[int] = []  # map pixels each exact ranking sees on this rank
+        original = SPRO._ranked_exact
+
+        def recording(metric: SPRO, split: int):
+            ranked_pixels.append(sum(int(t.numel()) for t in metric.maps))
+            return original(metric, split)
+
+        SPRO._ranked_exact = recording  # type: ignore[method-assign]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             results = {
                 "exact": evaluate("exact", data, order=padded, batch=2)[1],
                 "streaming": evaluate("streaming", data, order=mine, batch=2)[1],
             }
+        results["ranked_pixels"] = ranked_pixels
         Path(out_dir, f"rank{rank}.pkl").write_bytes(pickle.dumps(results))
     finally:
         dist.destroy_process_group()
@@ -219,6 +228,9 @@ def test_two_process_gloo_equals_single_process(tmp_path):
     single = {mode: evaluate(mode, data)[1] for mode in ("exact", "streaming")}
     for rank in range(2):
         got = pickle.loads((tmp_path / f"rank{rank}.pkl").read_bytes())
+        # Exact maps are gathered to rank 0 only: rank 0 ranks them, rank 1 never does.
+        ranked = got.pop("ranked_pixels")
+        assert (len(ranked) > 0 and min(ranked) > 0) if rank == 0 else ranked == []
         assert got["streaming"] == single["streaming"]
         assert got["exact"].pop("n_images") == 13  # counts what it was given; the value drops the repeat
         assert got["exact"] == {k: v for k, v in single["exact"].items() if k != "n_images"}
