@@ -9,10 +9,12 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from anomaly_zoo.data.dataset import Sample
 from anomaly_zoo.data.errors import DatasetError
 from anomaly_zoo.data.images import ImageFiles
 from anomaly_zoo.data.synthetic import SyntheticDataModule
 from anomaly_zoo.models.anomalymoe import AnomalyMoE
+from anomaly_zoo.models.anomalymoe.prepare_masks import stored_group_for
 
 TINY = dict(
     backbone_kwargs={"embed_dim": 24, "depth": 12, "num_heads": 2, "img_size": 70}, pretrained=False,
@@ -119,7 +121,25 @@ def test_predict_category_rules(fitted, tmp_path):
     loose.parent.mkdir()
     shutil.copy(src, loose)
     # Two stored categories, a folder named after neither, the default category: one clear error.
-    with pytest.raises(DatasetError, match=r"--data.category NAME with one of synthetic/assembly, synthetic/grid"):
+    with pytest.raises(DatasetError, match=r"--data.category NAME, one of assembly, grid "):
         _predict(fitted, [loose])
     rows = _predict(fitted, [loose], category="grid")  # named: used
     assert [r["category"] for r in rows] == ["grid"]
+
+
+def test_stored_group_rules_by_hand():
+    def sample(path: str, category: str = "images") -> Sample:
+        return Sample(path, -1, category, (), "unknown")
+
+    one = [{"dataset": "mvtec_ad", "category": "bottle"}]
+    assert stored_group_for(sample("x/y.png"), "images", one) == 0  # a one-category model: always that one
+    groups = [{"dataset": "mvtec_ad", "category": "bottle"}, {"dataset": "visa", "category": "pcb1"},
+              {"dataset": "mvtec_loco", "category": "bottle"}]
+    assert stored_group_for(sample("a.png", "pcb1"), "images", groups) == 1  # the sample's category
+    assert stored_group_for(sample("/d/pcb1/test/good/a.png"), "images", groups) == 1  # nearest folder named so
+    assert stored_group_for(sample("/pcb1/bottle/a.png"), "images", groups[1:2] + groups[:1]) == 1  # nearest wins
+    assert stored_group_for(sample("a.png", "bottle"), "mvtec_loco", groups) == 2  # tie: the DataModule's dataset
+    with pytest.raises(DatasetError, match="one of bottle, pcb1 "):
+        stored_group_for(sample("a.png", "bottle"), "images", groups)  # tie between two datasets, none named
+    with pytest.raises(DatasetError, match="--data.category"):
+        stored_group_for(sample("/d/e/a.png"), "images", groups)

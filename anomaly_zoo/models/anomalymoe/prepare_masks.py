@@ -329,10 +329,10 @@ def stored_group_for(sample: Sample, dataset_name: str, groups: list[dict]) -> i
             if choice is not None:
                 break
     if choice is None:
-        names = ", ".join(sorted(f"{g['dataset']}/{g['category']}" for g in groups))
+        names = ", ".join(sorted(by_category))
         raise DatasetError(
             f"AnomalyMoE cannot tell which trained category '{sample.image_path}' (category '{sample.category}') "
-            f"belongs to, for its component masks: pass --data.category NAME with one of {names} (or put the "
+            f"belongs to, for its component masks: pass --data.category NAME, one of {names} (or put the "
             "images in a folder named after it)."
         )
     return choice
