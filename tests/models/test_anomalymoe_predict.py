@@ -143,3 +143,10 @@ def test_stored_group_rules_by_hand():
         stored_group_for(sample("a.png", "bottle"), "images", groups)  # tie between two datasets, none named
     with pytest.raises(DatasetError, match="--data.category"):
         stored_group_for(sample("/d/e/a.png"), "images", groups)
+
+
+def test_export_is_refused_with_the_reason(tmp_path):
+    from anomaly_zoo.export.exporter import ExportError, export_model
+
+    with pytest.raises(ExportError, match="cannot be exported to onnx: .*per image .*anomaly-zoo predict"):
+        export_model(AnomalyMoE(**TINY), "onnx", tmp_path / "m.onnx")

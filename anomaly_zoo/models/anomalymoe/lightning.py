@@ -362,6 +362,11 @@ class AnomalyMoE(AnomalyModule):
         fused = fuse_levels(maps, set_stats["level_weights"], level_ranges, size)
         return self._finish(fused)
 
+    def export_limitations(self, export_format: str) -> str | None:
+        return ("its inference picks the top-k experts per image (data-dependent routing) and its component "
+                "masks come from a DINO + k-means + CRF step outside the network, so there is no static graph; "
+                "use `anomaly-zoo predict --ckpt_path CKPT images/` instead")
+
     # ---- training-set statistics (the non-transductive default) -----------------------------------------
     @torch.no_grad()
     def compute_train_stats(self, loader) -> dict[str, torch.Tensor]:
