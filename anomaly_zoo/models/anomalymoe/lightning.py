@@ -233,8 +233,9 @@ class AnomalyMoE(AnomalyModule):
     def on_predict_start(self) -> None:
         error = getattr(self, "_predict_masks_error", None)
         if error is not None:
-            raise type(error)(f"{error} The model holds no stored component-mask centres either (fit stores them "
-                              "in the checkpoint; pass --ckpt_path).") from None
+            raise type(error)(f"{error} Nor does the model hold stored component-mask centres (a fit stores them "
+                              "in its checkpoint; this one predates that, or no --ckpt_path was given): re-fit, or "
+                              "predict with a DataModule that has the category's training images.") from None
         super().on_predict_start()
 
     def _crop_size(self, hw: tuple[int, int]) -> tuple[int, int]:
@@ -459,8 +460,11 @@ class AnomalyMoE(AnomalyModule):
         super().on_load_checkpoint(checkpoint)
         self.train_stats = dict(checkpoint.get("anomalymoe_train_stats", {}))
         self._eir_optimizer_state = checkpoint.get("anomalymoe_eir_optimizer")
-        self.mask_centres = checkpoint.get("anomalymoe_mask_centres") or self.mask_centres
         trainer = self._trainer
+        stored = checkpoint.get("anomalymoe_mask_centres")
+        # A resumed fit keeps the centres its own setup just computed on the current training images.
+        if stored and not (trainer is not None and trainer.state.fn == "fit" and self.mask_centres):
+            self.mask_centres = stored
         if trainer is not None and trainer.predicting and self.mask_centres and self.hparams.component_masks \
                 and self.model.counts[2]:
             from anomaly_zoo.data.base import AnomalyDataModule
