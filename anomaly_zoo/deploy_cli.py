@@ -7,7 +7,8 @@
   ``normalization``, ``interpolation``) from the checkpoint unless given on the command line.
 - ``predict`` options ``--output_dir DIR``, ``--save_maps [true]``, ``--save_masks [true]`` go to the
   prediction writer; ``fit`` options ``--threshold.method``, ``--threshold.quantile``,
-  ``--threshold.normalize`` choose how thresholds are calibrated (see ``models/components/thresholds.py``).
+  ``--threshold.normalize``, ``--threshold.per_category``, ``--threshold.min_category_images`` choose how
+  thresholds are calibrated (see ``models/components/thresholds.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ __all__ = ["prepare_deploy_arguments", "run_export"]
 _WRITER_FLAGS = {"--save_maps": "save_maps", "--save_masks": "save_masks"}
 _WRITER_VALUES = {"--output_dir": "output_dir"}
 _THRESHOLD = {"--threshold.method": ("method", str), "--threshold.quantile": ("quantile", float),
-              "--threshold.normalize": ("normalize", None)}
+              "--threshold.normalize": ("normalize", None), "--threshold.per_category": ("per_category", None),
+              "--threshold.min_category_images": ("min_category_images", int)}
 _BOOLEANS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
 

@@ -61,6 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if thresholds:
         print(f"Thresholds (metadata): image {thresholds['image']:.6g}, pixel {thresholds['pixel']:.6g}"
               + (" (normalised scores)" if result.metadata["normalized"] else ""))
+        for name, own in (thresholds.get("per_category") or {}).items():
+            print(f"  {name}: image {own['image']:.6g}, pixel {own['pixel']:.6g}")
+        if thresholds.get("per_category"):
+            print(f"Threshold mode: {thresholds.get('mode', 'global')} (per-category thresholds listed above).")
     else:
         print("No thresholds in this checkpoint (fit calibrates them): the metadata has none.")
     print(f"Input: {result.metadata['input']['description']}. Metadata also in {result.path}.json")

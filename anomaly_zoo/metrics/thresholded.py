@@ -2,7 +2,8 @@
 
 Complements the threshold-free metrics: these are the numbers a deployed detector reaches with the
 thresholds it was calibrated with (never chosen on the test set). Counts are integer sums, so DDP sync
-is torchmetrics' ``sum`` reduction.
+is torchmetrics' ``sum`` reduction. With per-category thresholds (a unified model scores each category on
+its own scale) each image and its pixels are judged at its category's own thresholds.
 """
 
 from __future__ import annotations
@@ -38,16 +39,24 @@ class ThresholdedMetrics(Metric):
     ``update(output, batch)`` takes the Output and Batch dicts (maps at the mask's resolution, or scores
     alone); ``compute()`` returns a DataFrame indexed like :class:`~anomaly_zoo.metrics.AnomalyMetrics`'
     table (categories that received data, then ``"mean"``) with :data:`THRESHOLDED_COLUMNS` in percent.
+    ``category_thresholds`` maps a category to its own (image, pixel) thresholds; other categories use the
+    global ``image_threshold`` / ``pixel_threshold``. Comparisons are in float64 (as ``AnomalyModule.decide``).
     """
 
     full_state_update = False
 
-    def __init__(self, categories: Sequence[str], image_threshold: float, pixel_threshold: float, **kwargs: Any):
+    def __init__(self, categories: Sequence[str], image_threshold: float, pixel_threshold: float,
+                 category_thresholds: Mapping[str, tuple[float, float]] | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.categories = list(categories)
         self._position = {c: i for i, c in enumerate(self.categories)}
         self.image_threshold = float(image_threshold)
         self.pixel_threshold = float(pixel_threshold)
+        own = dict(category_thresholds or {})
+        # (n, 2) float64: each category's (image, pixel) thresholds, the global ones where it has none.
+        self._thresholds = torch.tensor(
+            [[float(v) for v in own.get(c, (self.image_threshold, self.pixel_threshold))] for c in self.categories],
+            dtype=torch.float64).reshape(-1, 2)
         n = len(self.categories)
         # Columns: TP, FP, FN, number of images seen.
         self.add_state("image_counts", torch.zeros(n, 4, dtype=torch.int64), dist_reduce_fx="sum")
@@ -59,13 +68,14 @@ class ThresholdedMetrics(Metric):
         if isinstance(cats, str):
             cats = [cats] * labels.numel()
         position = torch.tensor([self._position[c] for c in cats], device=self.device)
+        thresholds = self._thresholds.to(self.device)[position]  # (B, 2): the deciding thresholds per image
         if output.get("pred_score") is not None:
-            predicted = output["pred_score"].reshape(-1).to(self.device) >= self.image_threshold
+            predicted = output["pred_score"].reshape(-1).to(self.device).double() >= thresholds[:, 0]
             truth = labels == 1
             self.image_counts.index_add_(0, position, self._counts(predicted, truth))
         if output.get("anomaly_map") is not None:
             maps = output["anomaly_map"].to(self.device)
-            predicted = (maps >= self.pixel_threshold).flatten(1)
+            predicted = maps.flatten(1).double() >= thresholds[:, 1:]
             truth = batch["mask"].to(self.device).flatten(1).bool()
             self.pixel_counts.index_add_(0, position, self._counts(predicted, truth))
 

@@ -19,6 +19,7 @@ writes ``report.html``; ``predict`` reports decisions (and normalised scores on 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,12 @@ from anomaly_zoo.metrics import COLUMNS, AnomalyMetrics, format_results_table, s
 from anomaly_zoo.metrics.thresholded import ThresholdedMetrics
 from anomaly_zoo.models.components.preprocessing import preprocessing_of
 from anomaly_zoo.models.components.set_level import SetLevelBuffer
-from anomaly_zoo.models.components.thresholds import ThresholdCalibrator, ThresholdOptions, Thresholds
+from anomaly_zoo.models.components.thresholds import (
+    ThresholdCalibrator,
+    ThresholdOptions,
+    Thresholds,
+    normalize_scores,
+)
 from anomaly_zoo.models.components.upsample import resize_map
 from anomaly_zoo.viz.report import ReportCollector, write_report
 from anomaly_zoo.viz.writer import PredictionWriter
@@ -174,7 +180,9 @@ class AnomalyModule(pl.LightningModule):
             return
         # Stored thresholds are on the per-image rule's scale; a set-level protocol rescales scores.
         if self.thresholds is not None and not self.set_level_protocol():
-            self._thresholded = ThresholdedMetrics(categories, self.thresholds.image, self.thresholds.pixel).to(self.device)
+            own = {c: (t.image, t.pixel) for c, t in self.thresholds.per_category.items()}
+            self._thresholded = ThresholdedMetrics(categories, self.thresholds.image, self.thresholds.pixel,
+                                                   own if self.thresholds.per_category_active else None).to(self.device)
         self._report_data = ReportCollector(categories, normalization=preprocessing_of(datamodule).get("normalization"))
 
     def _update_test_extras(self, output: dict[str, Any], batch: dict[str, Any]) -> None:
@@ -280,7 +288,8 @@ class AnomalyModule(pl.LightningModule):
         if self.set_level_protocol():
             return (f"{self.thresholds.describe()} Not applied here: the set-level protocol rescales the "
                     "scores (the thresholds serve predict / export, which use the per-image rule). ")
-        return f"{self.thresholds.describe()} I-/P-F1, Precision, Recall at these thresholds. "
+        where = " (each category's own where stored)" if self.thresholds.mode == "per-category" else ""
+        return f"{self.thresholds.describe()} I-/P-F1, Precision, Recall at these thresholds{where}. "
 
     def _report(self, table: pd.DataFrame, metrics: AnomalyMetrics | None = None) -> None:
         # trainer.log_dir broadcasts from rank 0: every rank must ask for it, not only the one that writes.
@@ -335,26 +344,37 @@ class AnomalyModule(pl.LightningModule):
         self._finish_metrics("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        output = self.decide(self.anomaly_output(batch))
+        output = self.decide(self.anomaly_output(batch), batch.get("category"))
         return {**output, "path": batch["path"], "label": batch["label"], "mask": batch["mask"],
                 "category": batch["category"]}
 
-    def decide(self, output: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def decide(self, output: dict[str, torch.Tensor], categories: Sequence[str] | str | None = None
+               ) -> dict[str, torch.Tensor]:
         """Add ``pred_label`` (B,) and ``pred_mask`` (B,1,H,W) at the stored thresholds; normalise on request.
 
-        With ``thresholds.normalize`` the map and score are replaced by their [0, 1] versions (0.5 = threshold)
-        and the raw score is kept as ``raw_score``. Without stored thresholds the output is unchanged.
+        Each image is decided by its category's thresholds when per-category thresholds are in use and its
+        category (``categories``: B names or one) has them, else by the global ones. With
+        ``thresholds.normalize`` the map and score are replaced by their [0, 1] versions (0.5 = the deciding
+        threshold, over that threshold's calibration range) and the raw score is kept as ``raw_score``.
+        Without stored thresholds the output is unchanged.
         """
         thresholds = self.thresholds
         if thresholds is None:
             return output
         output = dict(output)
+        score, anomaly_map = output["pred_score"], output["anomaly_map"]
+        per = {k: v.to(score.device) for k, v in thresholds.per_image(categories, score.shape[0]).items()}
+        column = (-1,) + (1,) * (anomaly_map.ndim - 1)  # per-image values broadcast over a map
         if thresholds.normalize:
-            output["raw_score"] = output["pred_score"]
-            output["pred_score"] = thresholds.normalized_image(output["pred_score"])
-            output["anomaly_map"] = thresholds.normalized_map(output["anomaly_map"])
-        output["pred_label"] = (output["pred_score"] >= thresholds.image_decision).long()
-        output["pred_mask"] = output["anomaly_map"] >= thresholds.pixel_decision
+            output["raw_score"] = score
+            output["pred_score"] = normalize_scores(score, per["image"], per["image_low"], per["image_high"])
+            output["anomaly_map"] = normalize_scores(anomaly_map, per["pixel"].reshape(column),
+                                                     per["pixel_low"].reshape(column), per["pixel_high"].reshape(column))
+            output["pred_label"] = (output["pred_score"] >= 0.5).long()
+            output["pred_mask"] = output["anomaly_map"] >= 0.5
+        else:
+            output["pred_label"] = (score.double() >= per["image"]).long()
+            output["pred_mask"] = anomaly_map.double() >= per["pixel"].reshape(column)
         return output
 
     # ---- deployment: threshold calibration after fit -------------------------------------------------
@@ -371,7 +391,8 @@ class AnomalyModule(pl.LightningModule):
     def calibrate_thresholds(self, dataloader: Any, source: str, options: ThresholdOptions | None = None) -> Thresholds:
         """Score ``dataloader`` with the per-image rule (as ``predict`` does) and store the chosen thresholds."""
         options = options or self.threshold_options
-        calibrator = ThresholdCalibrator(options.method, options.quantile)
+        calibrator = ThresholdCalibrator(options.method, options.quantile, options.per_category,
+                                         options.min_category_images)
         was_training = self.training
         self.eval()
         try:
@@ -384,11 +405,15 @@ class AnomalyModule(pl.LightningModule):
                 # In the run's precision (bf16-mixed: autocast), as predict makes its maps; float32 without one.
                 with self._trainer.precision_plugin.forward_context() if self._trainer else nullcontext():
                     output = self.anomaly_output(batch)
-                calibrator.update(output["pred_score"], output["anomaly_map"], batch["label"], batch["mask"])
+                calibrator.update(output["pred_score"], output["anomaly_map"], batch["label"], batch["mask"],
+                                  batch.get("category"))
         finally:
             self.train(was_training)
         self.thresholds = calibrator.compute(source, normalize=options.normalize)
         rank_zero_info(self.thresholds.describe())
+        if len(self.thresholds.per_category) >= 2 or self.thresholds.mode == "per-category":
+            rank_zero_info(f"Per-category thresholds ({self.thresholds.mode} in use):\n"
+                           f"{self.thresholds.category_table()}")
         return self.thresholds
 
     def _calibrate_after_fit(self) -> None:
@@ -451,4 +476,7 @@ class AnomalyModule(pl.LightningModule):
         self.epochs_trained = checkpoint.get("epochs_trained", checkpoint.get("epoch", 0))
         deploy = checkpoint.get("anomaly_zoo") or {}
         self.thresholds = Thresholds.from_dict(deploy["thresholds"]) if deploy.get("thresholds") else None
+        chosen = self.threshold_options.per_category  # --threshold.per_category at test / predict overrides
+        if self.thresholds is not None and chosen is not None:
+            self.thresholds.per_category_active = bool(chosen and self.thresholds.per_category)
         self.preprocessing = deploy.get("preprocessing")

@@ -73,7 +73,8 @@ class PredictionWriter(BasePredictionWriter):
 
     CSV columns: ``path, category, label`` (empty where unknown), ``pred_score`` (normalised when the
     checkpoint says so), ``pred_label`` (1 = anomalous at the stored threshold; empty without thresholds),
-    ``raw_score`` (only when normalised), ``overlay``.
+    ``raw_score`` (only when normalised), ``overlay``. With per-category thresholds in use, an image of a
+    category that has its own is decided (and its predicted region outlined) at that category's threshold.
 
     Args:
         output_dir: default ``<log dir>/predictions``.
@@ -204,8 +205,9 @@ class PredictionWriter(BasePredictionWriter):
         height, width = image.shape[:2]
         native = _native_map(anomaly_map, height, width, self._coverage)
         predicted = None
-        if self._thresholds is not None:
-            predicted = native >= self._thresholds.pixel_decision
+        if self._thresholds is not None:  # the image's category's pixel threshold when in use, else the global one
+            category = prediction["category"][i] if "category" in prediction else None
+            predicted = native >= self._thresholds.for_category(category).pixel_decision
         mask = prediction["mask"][i, 0].detach().cpu().numpy().astype(np.uint8)
         mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST).astype(bool) if mask.any() else None
         if self.heatmaps:
