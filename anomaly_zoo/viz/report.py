@@ -167,11 +167,11 @@ def write_report(
             parts.append(_figure(f"pro-{i}", f"PRO curve (AUPRO integrates to FPR {entry['fpr_limit']:g})", pro))
         else:
             parts.append(_figure(f"pro-{i}", "PRO curve", '<p class="na">no defect regions: undefined</p>'))
-        threshold = thresholds.image if thresholds is not None else None
+        own = thresholds.for_category(category) if thresholds is not None else None  # what decided here
         parts.append(_figure(f"hist-{i}", "Image scores: normal vs anomalous",
-                             _histogram(entry["scores"], entry["labels"], threshold)))
+                             _histogram(entry["scores"], entry["labels"], own.image if own is not None else None)))
         parts.append("</div>")
-        parts.append(_worst_cases(i, collector, category, value_range, thresholds))
+        parts.append(_worst_cases(i, collector, category, value_range, own))
         parts.append("</section>")
     parts += ["</section>", "</body></html>"]
     path.write_text("\n".join(parts), encoding="utf-8")
