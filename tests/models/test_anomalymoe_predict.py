@@ -150,3 +150,30 @@ def test_export_is_refused_with_the_reason(tmp_path):
 
     with pytest.raises(ExportError, match="cannot be exported to onnx: .*per image .*anomaly-zoo predict"):
         export_model(AnomalyMoE(**TINY), "onnx", tmp_path / "m.onnx")
+
+
+def test_native_size_outputs_place_the_map_in_the_centre_crop(fitted, tmp_path):
+    """The maps cover the 0.875 centre crop: the writer's native-size map has the unscored border at its minimum."""
+    import numpy as np
+
+    from anomaly_zoo.viz.writer import PredictionWriter
+
+    folder = tmp_path / "grid"
+    folder.mkdir()
+    source = sorted((fitted["root"] / "grid").rglob("*.png"))[0]
+    shutil.copy(source, folder / "one.png")
+    model = AnomalyMoE(**TINY, mask_settings=fitted["mask_settings"])
+    assert model.map_coverage == 0.875
+    writer = PredictionWriter(output_dir=str(tmp_path / "out"), save_maps=True)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[writer])
+    trainer.predict(model, datamodule=ImageFiles(path=[str(folder)], image_size=64, batch_size=1),
+                    ckpt_path=str(fitted["ckpt"]), return_predictions=False)
+    native = np.load(next((tmp_path / "out").rglob("*.npy")))
+    height, width = native.shape
+    top, left = (height - round(height * 0.875)) // 2, (width - round(width * 0.875)) // 2
+    assert top > 0 and left > 0
+    border = np.concatenate([native[:top].ravel(), native[-top:].ravel(), native[:, :left].ravel()])
+    assert np.all(border == native.min())
+    inner = native[top:-top, left:-left]
+    assert inner.max() > native.min()  # the scored crop carries the map

@@ -149,6 +149,7 @@ class AnomalyMoE(AnomalyModule):
             raise ValueError(f"normalization must be one of {NORMALIZATION_MODES}, got '{normalization}'.")
         if not 0 < center_crop <= 1:
             raise ValueError(f"center_crop must be a fraction in (0, 1], got {center_crop}.")
+        self.map_coverage = float(center_crop)  # the maps cover the centre crop: overlays and caption place them
         from anomaly_zoo.models.anomalymoe.convert import load_official_file, load_official_state_dict
 
         official = load_official_file(official_checkpoint) if official_checkpoint else None
