@@ -421,54 +421,18 @@ def _wrap_datasets(datamodule: AnomalyDataModule, stage: str | None,
     return count
 
 
-def attach_component_masks(
-    datamodule: AnomalyDataModule,
-    stage: str | None,
-    *,
-    num_clusters: int = 5,
-    feature_model: str = "vit_small_patch16_224.dino",
-    pretrained: bool = True,
-    weights: str | None = None,
-    cache_dir: str | Path | None = None,
-    device: str | torch.device | None = None,
-    feature_model_kwargs: dict | None = None,
-    image_size: int = 448,
-    coreset_ratio: float = 0.01,
-    crf_backend: str = "auto",
-    crf: CRFParams | None = None,
-    seed: int = 0,
-    batch_size: int = 8,
-    progress: bool = True,
-    weights_option: str = "component_mask_weights",
-) -> MaskPreparer:
+def attach_component_masks(datamodule: AnomalyDataModule, stage: str | None, **settings: Any) -> MaskPreparer:
     """Give every sample of ``stage``'s datasets ``component_masks`` and ``component_valid`` (module docstring).
 
     Call after ``datamodule.setup(stage)`` (Lightning does that before ``LightningModule.setup``), e.g. from
     the model's ``setup``. ``"fit"`` wraps the train (and val) datasets, ``"test"``/``"predict"`` the test
     dataset, ``"validate"`` the val dataset. Masks are computed only when the cache is missing or stale.
-
-    Args:
-        num_clusters: k of the per-category k-means (the size K of ``component_masks``).
-        feature_model: timm name of the DINO v1 ViT (patch tokens of the last block).
-        pretrained: load its weights from timm's cache (no network: PretrainedWeightsError naming ``weights``).
-        weights: a local weights file instead (the option the error names is ``weights_option``).
-        cache_dir: cache root; default ``$ANOMALY_ZOO_CACHE`` or ``~/.cache/anomaly_zoo``.
-        device: where the features are computed; default CUDA when available.
-        feature_model_kwargs: extra ``timm.create_model`` arguments (tiny random ViTs in tests).
-        image_size: side of the square the masks are computed at (the authors: 448).
-        coreset_ratio, crf_backend, crf, seed: the pipeline's settings (:mod:`.component_masks`, :mod:`.crf`).
-        batch_size: images per feature-extraction batch.
-        progress: show a tqdm progress bar while computing.
-
-    Returns the preparer: its :meth:`~MaskPreparer.stored_centres` go into the checkpoint.
+    ``settings`` are :func:`make_preparer`'s. Returns the preparer: its :meth:`~MaskPreparer.stored_centres`
+    go into the checkpoint.
     """
     if not isinstance(datamodule, AnomalyDataModule):
         raise TypeError(f"attach_component_masks needs an AnomalyDataModule, got {type(datamodule).__name__}.")
-    preparer = make_preparer(
-        num_clusters=num_clusters, feature_model=feature_model, pretrained=pretrained, weights=weights,
-        cache_dir=cache_dir, device=device, feature_model_kwargs=feature_model_kwargs, image_size=image_size,
-        coreset_ratio=coreset_ratio, crf_backend=crf_backend, crf=crf, seed=seed, batch_size=batch_size,
-        progress=progress, weights_option=weights_option)
+    preparer = make_preparer(**settings)
     _wrap_datasets(datamodule, stage, preparer.wrap)
     return preparer
 
@@ -491,7 +455,21 @@ def make_preparer(
     progress: bool = True,
     weights_option: str = "component_mask_weights",
 ) -> MaskPreparer:
-    """The :class:`MaskPreparer` of ``attach_component_masks``' settings."""
+    """The :class:`MaskPreparer` that computes, caches and serves the component masks.
+
+    Args:
+        num_clusters: k of the per-category k-means (the size K of ``component_masks``).
+        feature_model: timm name of the DINO v1 ViT (patch tokens of the last block).
+        pretrained: load its weights from timm's cache (no network: PretrainedWeightsError naming ``weights``).
+        weights: a local weights file instead (the option the error names is ``weights_option``).
+        cache_dir: cache root; default ``$ANOMALY_ZOO_CACHE`` or ``~/.cache/anomaly_zoo``.
+        device: where the features are computed; default CUDA when available.
+        feature_model_kwargs: extra ``timm.create_model`` arguments (tiny random ViTs in tests).
+        image_size: side of the square the masks are computed at (the authors: 448).
+        coreset_ratio, crf_backend, crf, seed: the pipeline's settings (:mod:`.component_masks`, :mod:`.crf`).
+        batch_size: images per feature-extraction batch.
+        progress: show a tqdm progress bar while computing.
+    """
     if num_clusters < 1:
         raise ValueError(f"num_clusters must be ≥ 1, got {num_clusters}.")
     settings = MaskSettings(
