@@ -74,8 +74,7 @@ def test_uniad_ddp_fit_checkpoint_reloads_with_the_same_table(tmp_path: Path):
 @pytest.mark.parametrize("name", sorted(DEMO_CONFIGS))
 def test_demo_config_ddp_fit_checkpoint_reloads_with_the_same_table(tmp_path: Path, name: str):
     config = DEMO_CONFIGS[name]
-    if not config.is_file():
-        pytest.skip(f"{config.name} has not landed yet")
+    assert config.is_file(), config
     args = ["--config", str(config), "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu",
             "--trainer.enable_progress_bar", "false"]
     fit = run_cli("fit", *args, "--trainer.devices", "2", "--trainer.strategy", "ddp", "--test_after_fit", "true",
