@@ -1,6 +1,7 @@
 """``anomaly-zoo fit`` with 2 CPU processes (Lightning starts them: ``--trainer.devices 2 --trainer.strategy ddp``):
 each model fits, writes ``last.ckpt``, tests after fit on both ranks, and its checkpoint reloaded in ONE process
-gives exactly the same table. feature_distance is the regression of "DistributedDataParallel is not needed
+gives exactly the same table (every model in the fast suite on a few images; the demo configs' full data
+in the slow suite). feature_distance is the regression of "DistributedDataParallel is not needed
 when a module doesn't have any parameter that requires a gradient" (its statistics are summed over the ranks;
 the same statistics as a single-process fit, since each image is seen once); UniAD checks gradient sync with
 a frozen backbone (no unused-parameter error).
@@ -62,20 +63,39 @@ def test_feature_distance_ddp_fit_equals_single_process_fit(tmp_path: Path):
     torch.testing.assert_close(two["model.feature_sum"], one["model.feature_sum"], rtol=1e-12, atol=1e-9)
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_uniad_ddp_fit_checkpoint_reloads_with_the_same_table(tmp_path: Path):
     ddp_table, reloaded, _ = ddp_fit_then_single_test(tmp_path, MODELS["uniad"])
     pd.testing.assert_frame_equal(ddp_table, reloaded, check_exact=True)
 
 
+#: Overrides that shrink a demo config's data to a few images (fast suite); the full demo data runs in the slow one.
+SHORT_DATA = {
+    "moeclip": ["--data.init_args.train_data.init_args.num_test", "8",
+                "--data.init_args.test_data.init_args.num_test", "5"],
+    "anomalymoe": ["--data.init_args.category", "[carpet, pill]", "--data.init_args.num_train", "8",
+                   "--data.init_args.num_test", "5"],
+}
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("name", sorted(DEMO_CONFIGS))
+def test_short_demo_config_ddp_fit_checkpoint_reloads_with_the_same_table(tmp_path: Path, name: str):
+    """The same as below on a few images (uneven over 2 ranks): every model's DDP fit in the fast suite."""
+    demo_config_ddp_fit_then_single_test(tmp_path, name, SHORT_DATA[name])
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("name", sorted(DEMO_CONFIGS))
 def test_demo_config_ddp_fit_checkpoint_reloads_with_the_same_table(tmp_path: Path, name: str):
+    demo_config_ddp_fit_then_single_test(tmp_path, name, [])
+
+
+def demo_config_ddp_fit_then_single_test(tmp_path: Path, name: str, overrides: list[str]) -> None:
     config = DEMO_CONFIGS[name]
     assert config.is_file(), config
-    args = ["--config", str(config), "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu",
+    args = ["--config", str(config), *overrides, "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu",
             "--trainer.enable_progress_bar", "false"]
     fit = run_cli("fit", *args, "--trainer.devices", "2", "--trainer.strategy", "ddp", "--test_after_fit", "true",
                   "--trainer.default_root_dir", str(tmp_path / "ddp"), cwd=ROOT, timeout=1700)
