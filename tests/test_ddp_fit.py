@@ -23,6 +23,9 @@ COMMON = ["--data", "synthetic", "--data.category", "[carpet, pill]", "--data.ge
           "--data.num_train", "11", "--data.num_val", "0", "--data.num_test", "7", "--data.image_size", "32",
           "--data.batch_size", "4", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
           "--seed_everything", "0"]
+#: One torch thread in every process: Lightning gives each CPU DDP rank cores // ranks threads, and a CPU conv's
+#: float sums follow the thread count, so a 2-thread single process would differ from the ranks in the last bits.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 MODELS = {
     "feature_distance": ["--model", "feature_distance", "--model.pretrained", "false", "--trainer.max_epochs", "1"],
     "uniad": ["--model", "uniad", "--model.backbone", "test_efficientnet", "--model.taps", "[0, 2, 4]",
@@ -36,14 +39,15 @@ DEMO_CONFIGS = {"moeclip": ROOT / "configs" / "demo" / "moeclip.yaml",
 
 def ddp_fit_then_single_test(tmp_path: Path, model_args: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
     fit = run_cli("fit", *model_args, *COMMON, "--trainer.devices", "2", "--trainer.strategy", "ddp",
-                  "--test_after_fit", "true", "--trainer.default_root_dir", str(tmp_path / "ddp"), cwd=tmp_path)
+                  "--test_after_fit", "true", "--trainer.default_root_dir", str(tmp_path / "ddp"), cwd=tmp_path,
+                  env=ONE_THREAD)
     assert fit.returncode == 0, fit.stderr[-4000:]
     run = next((tmp_path / "ddp").glob("*/*/version_0"))
     last = run / "checkpoints" / "last.ckpt"
     assert last.is_file()
     assert fit.stdout.count("Results written to") + fit.stderr.count("Results written to") == 1  # rank 0 only
     single = run_cli("test", *model_args, *COMMON, "--ckpt_path", str(last),
-                     "--trainer.default_root_dir", str(tmp_path / "single"), cwd=tmp_path)
+                     "--trainer.default_root_dir", str(tmp_path / "single"), cwd=tmp_path, env=ONE_THREAD)
     assert single.returncode == 0, single.stderr[-4000:]
     return (load_results(run / "test_results.csv"),
             load_results(next((tmp_path / "single").rglob("test_results.csv"))), last)
@@ -55,7 +59,7 @@ def test_feature_distance_ddp_fit_equals_single_process_fit(tmp_path: Path):
     pd.testing.assert_frame_equal(ddp_table, reloaded, check_exact=True)
     # 22 training images over 2 ranks (11 + 11, batch 4: the last batch of each rank is short, none dropped).
     fit = run_cli("fit", *MODELS["feature_distance"], *COMMON, "--trainer.default_root_dir", str(tmp_path / "one"),
-                  cwd=tmp_path)
+                  cwd=tmp_path, env=ONE_THREAD)
     assert fit.returncode == 0, fit.stderr[-3000:]
     one = torch.load(next((tmp_path / "one").rglob("last.ckpt")), weights_only=True)["state_dict"]
     two = torch.load(last, weights_only=True)["state_dict"]
@@ -98,11 +102,11 @@ def demo_config_ddp_fit_then_single_test(tmp_path: Path, name: str, overrides: l
     args = ["--config", str(config), *overrides, "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu",
             "--trainer.enable_progress_bar", "false"]
     fit = run_cli("fit", *args, "--trainer.devices", "2", "--trainer.strategy", "ddp", "--test_after_fit", "true",
-                  "--trainer.default_root_dir", str(tmp_path / "ddp"), cwd=ROOT, timeout=1700)
+                  "--trainer.default_root_dir", str(tmp_path / "ddp"), cwd=ROOT, timeout=1700, env=ONE_THREAD)
     assert fit.returncode == 0, fit.stderr[-4000:]
     run = next((tmp_path / "ddp").glob("*/*/version_0"))
     single = run_cli("test", *args, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
-                     "--trainer.default_root_dir", str(tmp_path / "single"), cwd=ROOT, timeout=1700)
+                     "--trainer.default_root_dir", str(tmp_path / "single"), cwd=ROOT, timeout=1700, env=ONE_THREAD)
     assert single.returncode == 0, single.stderr[-4000:]
     pd.testing.assert_frame_equal(load_results(run / "test_results.csv"),
                                   load_results(next((tmp_path / "single").rglob("test_results.csv"))),
