@@ -11,7 +11,6 @@ error on rank 0 (no pixels at all) is raised on every rank instead of leaving ra
 from __future__ import annotations
 
 import pickle
-import socket
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from anomaly_zoo.metrics import AUPRO, AnomalyMetrics
 from anomaly_zoo.metrics.pixel_exact import ExactPixelStore
 
 from .metrics.metrics_testdata import synthetic_set
+from .metrics.test_metrics_ddp import free_port
 
 N = 9  # uneven: rank 0 gets 5 images, rank 1 gets 4
 
@@ -67,12 +67,6 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
              "error": error}))
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def single(indices: list[int]):
