@@ -192,16 +192,12 @@ def test_config_instantiates_and_runs_one_step(config: Path, tmp_path: Path, mon
     data["trainer"].pop("callbacks", None)  # checkpointing callbacks: fast_dev_run writes nothing anyway
     rewritten = tmp_path / config.name
     rewritten.write_text(yaml.safe_dump(data))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["anomaly-zoo"])  # main() replaces it
-    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # main() replaces it
-    try:
-        cli.main(["fit", "--config", str(rewritten), "--trainer.fast_dev_run", "true", "--test_after_fit", "true",
-                  "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
-                  "--trainer.default_root_dir", str(tmp_path / "out")])
-    except SystemExit as exit_:
-        if exit_.code not in (None, 0):
-            pytest.fail(f"{config.relative_to(ROOT)} failed through the CLI (exit {exit_.code}); see stderr")
+    code = main_in_process(["fit", "--config", str(rewritten), "--trainer.fast_dev_run", "true",
+                            "--test_after_fit", "true", "--trainer.accelerator", "cpu",
+                            "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir",
+                            str(tmp_path / "out")], monkeypatch, cwd=tmp_path)
+    if code not in (None, 0):
+        pytest.fail(f"{config.relative_to(ROOT)} failed through the CLI (exit {code}); see stderr")
 
 
 @pytest.mark.timeout(600)
@@ -218,3 +214,15 @@ def test_demo_config_runs_fast(tmp_path: Path):
     assert list(table.index) == ["stripes", "mean"]
     assert table[["I-AUROC", "P-AUROC", "AUPRO"]].notna().all().all()
     assert "I-AUROC" in result.stdout  # the table is printed, as `make demo` promises
+
+
+def main_in_process(argv: list[str], monkeypatch: pytest.MonkeyPatch, cwd: Path) -> int | str | None:
+    """``cli.main(argv)`` in this process, run from ``cwd``; its exit code (``None`` when it returned)."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["anomaly-zoo"])  # main() replaces it
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # main() replaces it
+    try:
+        cli.main(argv)
+    except SystemExit as exit_:
+        return exit_.code
+    return None

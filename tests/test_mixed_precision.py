@@ -9,19 +9,16 @@ float64 scores and give exactly the table of the same values in float32.
 
 from __future__ import annotations
 
-import sys
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from anomaly_zoo import cli
 from anomaly_zoo.metrics import AnomalyMetrics
 from anomaly_zoo.models.base import AnomalyModule
 from tests.metrics.metrics_testdata import synthetic_set
-from tests.test_configs import _fake_data, _weights_off
+from tests.test_configs import _fake_data, _weights_off, main_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCUMULATING = {torch.int64, torch.uint8, torch.float32, torch.float64}
@@ -83,15 +80,11 @@ def _run_demo_bf16(name: str, tmp_path: Path, monkeypatch) -> list[tuple[torch.d
 
     monkeypatch.setattr(AnomalyModule, "_checked_map", recording_map)
     monkeypatch.setattr(AnomalyMetrics, "update", recording_update)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["anomaly-zoo"])  # main() replaces it
-    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # main() replaces it
-    try:
-        cli.main(["fit", "--config", str(config), "--trainer.fast_dev_run", "true", "--test_after_fit", "true",
-                  "--trainer.accelerator", "cpu", "--trainer.precision", "bf16-mixed",
-                  "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path / "out")])
-    except SystemExit as exit_:
-        assert exit_.code in (None, 0), f"{name} failed under bf16-mixed (exit {exit_.code}); see stderr"
+    code = main_in_process(["fit", "--config", str(config), "--trainer.fast_dev_run", "true",
+                            "--test_after_fit", "true", "--trainer.accelerator", "cpu",
+                            "--trainer.precision", "bf16-mixed", "--trainer.enable_progress_bar", "false",
+                            "--trainer.default_root_dir", str(tmp_path / "out")], monkeypatch, cwd=tmp_path)
+    assert code in (None, 0), f"{name} failed under bf16-mixed (exit {code}); see stderr"
     # Every map under bf16 autocast: test steps and the threshold calibration after fit (predict's precision).
     assert seen and all(autocast for _, autocast in seen), seen
     if name != "feature_distance":  # its float32 statistics make float32 maps; the others' arrive as bf16
