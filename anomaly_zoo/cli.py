@@ -35,6 +35,7 @@ from anomaly_zoo.callbacks.resume import NothingToResumeError, require_last_chec
 from anomaly_zoo.data.base import STAGE_SPLITS, AnomalyDataModule
 from anomaly_zoo.data.errors import DatasetError, worker_message
 from anomaly_zoo.deploy_cli import prepare_deploy_arguments, run_export
+from anomaly_zoo.launcher import predict_if_exported
 from anomaly_zoo.models.base import AnomalyModule
 from anomaly_zoo.models.components.backbone import PretrainedWeightsError
 from anomaly_zoo.models.components.checkpoint import CheckpointError, load_checkpoint
@@ -546,6 +547,7 @@ def _registry_name(registry: Registry, spec) -> str:
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of the ``anomaly-zoo`` console script."""
     argv = list(sys.argv[1:] if args is None else args)
+    predict_if_exported(argv)  # `predict --ckpt_path model.onnx ...`: the torch-free predictor (launcher.py)
     if argv[:1] == ["export"]:  # deployment: its own small parser (anomaly_zoo/export/cli.py)
         raise SystemExit(run_export(argv[1:]))
     try:

@@ -111,4 +111,4 @@ def _target_of(cls: type) -> str:
 
 
 MODELS: Registry = Registry("model", populate="anomaly_zoo.models")
-DATAMODULES: Registry = Registry("datamodule", populate="anomaly_zoo.data")
+DATAMODULES: Registry = Registry("datamodule", populate="anomaly_zoo.data.catalog")

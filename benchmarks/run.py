@@ -31,7 +31,7 @@ from benchmarks.suite.runner import DEFAULT_RUNS_DIR, Record, Runner, stop_child
 from benchmarks.suite.spec import DEFAULT_SUITE, load_suite, skip_reason  # noqa: E402
 
 QUICK_ARGS = {"bench_metrics.py": ["--quick"], "bench_uniad.py": ["--repeats", "2", "--configs", "demo"],
-              "bench_data_cache.py": ["--quick"]}
+              "bench_data_cache.py": ["--quick"], "bench_predict.py": ["--rounds", "1"]}
 
 
 def run_micro(quick: bool, output_dir: Path | None) -> int:

@@ -290,5 +290,6 @@ def test_quick_micro_benchmarks_write_their_reports(tmp_path: Path):
                             cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     reports = {p.name: p.read_text() for p in tmp_path.glob("*.md")}
-    assert set(reports) == {"metrics.md", "uniad.md", "data_cache.md"}
+    assert set(reports) == {"metrics.md", "uniad.md", "data_cache.md", "predict.md"}
     assert "speed-up" in reports["metrics.md"] and "×" in reports["uniad.md"]
+    assert "| `predict --ckpt_path` ONNX (.onnx) |" in reports["predict.md"]

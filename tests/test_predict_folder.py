@@ -14,7 +14,8 @@ from anomaly_zoo.data.images import ImageFiles, find_images
 from anomaly_zoo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from anomaly_zoo.models.base import AnomalyModule
 from anomaly_zoo.models.components.thresholds import Thresholds
-from anomaly_zoo.viz.writer import PredictionWriter, output_names
+from anomaly_zoo.viz.outputs import output_names
+from anomaly_zoo.viz.writer import PredictionWriter
 
 HEIGHT, WIDTH = 40, 56  # native size, not the model's 32×32
 
@@ -190,7 +191,7 @@ def test_predict_on_a_plain_folder_scores_every_image_once_without_inventing_lab
 
 
 def test_a_centre_crop_map_lands_in_the_crop_of_the_native_image():
-    from anomaly_zoo.viz.writer import _native_map
+    from anomaly_zoo.viz.outputs import native_map as _native_map
 
     native = _native_map(np.ones((4, 4), np.float32) * 2, 20, 40, coverage=0.5)
     assert native.shape == (20, 40)

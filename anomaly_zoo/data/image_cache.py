@@ -418,6 +418,7 @@ def attach_image_cache(dataset: Any, mode: str) -> Any:
 
 def _decoding_functions(dataset: Any) -> list[Callable]:
     """The code an item's pixels depend on: the dataset's ``decoded`` and the readers it calls."""
-    from anomaly_zoo.data import io, transforms
+    from anomaly_zoo.data import io, resize, transforms
 
-    return [type(dataset).decoded, io._open, io.read_image, io.read_mask, io.merge_masks, transforms.resize_pair]
+    return [type(dataset).decoded, io._open, io.read_image, io.read_mask, io.merge_masks, transforms.resize_pair,
+            resize.resize_image]

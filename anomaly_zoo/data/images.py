@@ -7,15 +7,13 @@ short form of ``--data images --data.path imgs/`` (see ``anomaly_zoo/predict_cli
 
 from __future__ import annotations
 
-import glob
 import os
-from pathlib import Path
 from typing import Any
 
 from anomaly_zoo.data.base import AnomalyDataModule
 from anomaly_zoo.data.dataset import Sample
 from anomaly_zoo.data.errors import DatasetError
-from anomaly_zoo.data.io import is_image_file, list_images
+from anomaly_zoo.data.io import find_images
 from anomaly_zoo.data.transforms import ImageSize
 from anomaly_zoo.registry import DATAMODULES
 
@@ -23,32 +21,6 @@ __all__ = ["ImageFiles", "find_images", "folder_predict_samples"]
 
 #: The label of an image nobody has labelled.
 UNKNOWN_LABEL = -1
-
-
-def find_images(paths: str | list[str]) -> list[Path]:
-    """Image files named by ``paths`` (files, folders searched recursively, globs), each once, in the given order.
-
-    Within a folder or glob, files are sorted by name. A pattern that matches no image is an error naming it.
-    """
-    patterns = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    if not patterns:
-        raise DatasetError("`path` is empty: give image files, folders or glob patterns.")
-    found: dict[str, Path] = {}
-    for pattern in patterns:
-        path = Path(os.path.expanduser(str(pattern)))
-        if path.is_dir():
-            matches = list_images(path, recursive=True)
-        elif path.is_file():
-            if not is_image_file(path):
-                raise DatasetError(f"'{path}' is not an image file (check `path`).")
-            matches = [path]
-        else:
-            matches = sorted(p for p in map(Path, glob.glob(str(path), recursive=True)) if is_image_file(p))
-        if not matches:
-            raise DatasetError(f"No image files found at '{pattern}' (check `path`: a file, a folder or a glob).")
-        for match in matches:
-            found.setdefault(os.path.realpath(match), match)
-    return list(found.values())
 
 
 def folder_predict_samples(folder: Any, category: str) -> list[Sample]:

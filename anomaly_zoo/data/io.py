@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -36,6 +38,32 @@ def require_dir(path: Path, what: str, option: str = "root") -> Path:
     if not path.is_dir():
         raise DatasetError(f"{what} not found: '{path}' does not exist or is not a directory (check `{option}`).")
     return path
+
+
+def find_images(paths: str | list[str]) -> list[Path]:
+    """Image files named by ``paths`` (files, folders searched recursively, globs), each once, in the given order.
+
+    Within a folder or glob, files are sorted by name. A pattern that matches no image is an error naming it.
+    """
+    patterns = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not patterns:
+        raise DatasetError("`path` is empty: give image files, folders or glob patterns.")
+    found: dict[str, Path] = {}
+    for pattern in patterns:
+        path = Path(os.path.expanduser(str(pattern)))
+        if path.is_dir():
+            matches = list_images(path, recursive=True)
+        elif path.is_file():
+            if not is_image_file(path):
+                raise DatasetError(f"'{path}' is not an image file (check `path`).")
+            matches = [path]
+        else:
+            matches = sorted(p for p in map(Path, glob.glob(str(path), recursive=True)) if is_image_file(p))
+        if not matches:
+            raise DatasetError(f"No image files found at '{pattern}' (check `path`: a file, a folder or a glob).")
+        for match in matches:
+            found.setdefault(os.path.realpath(match), match)
+    return list(found.values())
 
 
 def _open(path: str | Path) -> Image.Image:

@@ -10,13 +10,13 @@ import numpy as np
 from albumentations.pytorch import ToTensorV2
 from PIL import Image
 
+from anomaly_zoo.data.resize import resize_image
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD), "none": ((0, 0, 0), (1, 1, 1))}
-
-_PIL_MODES = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
 
 AUGMENTATIONS = {
     "hflip": lambda: A.HorizontalFlip(p=0.5),
@@ -63,10 +63,8 @@ def resize_pair(
     """Resize an RGB image with ``interpolation`` (PIL, antialiased like the papers) and its mask with nearest."""
     if size is None or image.shape[:2] == size:
         return image, mask
-    if interpolation not in _PIL_MODES:
-        raise ValueError(f"Unknown interpolation '{interpolation}'; choose one of {sorted(_PIL_MODES)}.")
+    image = resize_image(image, size, interpolation)
     h, w = size
-    image = np.asarray(Image.fromarray(image).resize((w, h), _PIL_MODES[interpolation]))
     mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 0
     return image, mask
 

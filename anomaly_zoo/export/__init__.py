@@ -4,10 +4,28 @@
 the graph traced from ``predict_anomaly`` (the per-image rule, as ``predict`` uses), the optional [0, 1]
 normalisation stored in the checkpoint folded in, thresholds and preprocessing as metadata, and a parity
 check against the PyTorch model.
+
+Lazy (PEP 562): :mod:`anomaly_zoo.export.runtime` runs an exported file without torch, so importing this
+package must not import torch; the names below are imported on first access.
 """
 
-from anomaly_zoo.export.checkpoint import load_model
-from anomaly_zoo.export.exporter import ExportResult, export_model
-from anomaly_zoo.export.graph import InferenceGraph, export_metadata
+from __future__ import annotations
 
-__all__ = ["ExportResult", "InferenceGraph", "export_metadata", "export_model", "load_model"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ExportResult": "anomaly_zoo.export.exporter", "export_model": "anomaly_zoo.export.exporter",
+    "InferenceGraph": "anomaly_zoo.export.graph", "export_metadata": "anomaly_zoo.export.graph",
+    "load_model": "anomaly_zoo.export.checkpoint",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'anomaly_zoo.export' has no attribute '{name}'")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

@@ -67,6 +67,7 @@ def export_metadata(model: nn.Module, graph: InferenceGraph, input_shape: tuple[
         "outputs": {"anomaly_map": "float32 (N, 1, H, W), higher = more anomalous",
                     "pred_score": "float32 (N,), the image score"},
         "normalized": graph.normalize,
+        "map_coverage": float(getattr(model, "map_coverage", 1.0)),  # < 1: the map covers a centre crop
         "thresholds": decision,
         "calibration": thresholds.to_dict() if thresholds is not None else None,
     }

@@ -23,12 +23,10 @@ its number of batches.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import shutil
-from collections.abc import Sequence
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -37,35 +35,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
-from PIL import Image
 
 from anomaly_zoo.data.io import read_image
-from anomaly_zoo.viz.heatmap import denormalize, overlay_heatmap
+from anomaly_zoo.viz.heatmap import denormalize
+from anomaly_zoo.viz.outputs import (
+    auto_value_range,
+    map_percentiles,
+    native_map,
+    output_names,
+    write_image_outputs,
+    write_predictions_csv,
+)
 
-__all__ = ["PredictionWriter", "output_names"]
-
-
-def output_names(paths: Sequence[str]) -> dict[str, str]:
-    """Collision-free output names (no extension, ``/``-separated) for image paths.
-
-    Each name is the path relative to the deepest folder all paths share, without its extension; where two
-    paths would give the same name (``a.png`` and ``a.jpg``) the extension is kept in it (``a_jpg``).
-    """
-    unique = list(dict.fromkeys(str(p) for p in paths))
-    if not unique:
-        return {}
-    parents = [os.path.dirname(os.path.abspath(p)) for p in unique]
-    root = os.path.commonpath(parents) if len(set(parents)) > 1 else parents[0]
-    relative = [PurePath(os.path.relpath(os.path.abspath(p), root)).as_posix() for p in unique]
-    stems = [str(PurePath(r).with_suffix("")) if PurePath(r).suffix else r for r in relative]
-    taken: dict[str, int] = {}
-    for stem in stems:
-        taken[stem] = taken.get(stem, 0) + 1
-    names = {}
-    for path, rel, stem in zip(unique, relative, stems):
-        name = stem if taken[stem] == 1 else rel.replace(".", "_")
-        names[path] = name.lstrip("./") or "image"
-    return names
+__all__ = ["PredictionWriter"]
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -159,8 +141,8 @@ class PredictionWriter(BasePredictionWriter):
     def _defer_images(self, name: str, path: str, anomaly_map: np.ndarray, prediction: dict, batch: dict,
                       i: int) -> None:
         """Keep image ``i``'s inputs of ``_write_images`` until the run's colour range is known."""
-        low, high = np.percentile(anomaly_map, [1, 99.9])
-        self._range_seen = [min(self._range_seen[0], float(low)), max(self._range_seen[1], float(high))]
+        low, high = map_percentiles(anomaly_map)
+        self._range_seen = [min(self._range_seen[0], low), max(self._range_seen[1], high)]
         keep_pixels = not os.path.isfile(path)  # a file is read again; in-memory pixels must be kept
         sample = {"prediction": _one_sample(prediction, i),
                   "batch": _one_sample({k: v for k, v in batch.items() if k != "image" or keep_pixels}, i)}
@@ -175,8 +157,7 @@ class PredictionWriter(BasePredictionWriter):
                             device=trainer.strategy.root_device)
         if distributed:
             dist.all_reduce(seen, op=dist.ReduceOp.MAX)
-        low, high = -float(seen[0]), float(seen[1])
-        self.value_range = (low, high) if math.isfinite(low) and math.isfinite(high) else (0.0, 1.0)
+        self.value_range = auto_value_range([(-float(seen[0]), float(seen[1]))])
         for name, path, target in self._pending:
             sample = torch.load(target, weights_only=True)
             self._write_images(name, path, sample["map"].numpy(), sample["prediction"], sample["batch"], 0)
@@ -203,27 +184,15 @@ class PredictionWriter(BasePredictionWriter):
         else:  # not a file (an in-memory dataset): the batch's pixels, at the batch's size
             image = denormalize(batch["image"][i].detach().float().cpu().numpy(), self._mean, self._std)
         height, width = image.shape[:2]
-        native = _native_map(anomaly_map, height, width, self._coverage)
+        native = native_map(anomaly_map, height, width, self._coverage)
         predicted = None
         if self._thresholds is not None:  # the image's category's pixel threshold when in use, else the global one
             category = prediction["category"][i] if "category" in prediction else None
             predicted = native >= self._thresholds.for_category(category).pixel_decision
         mask = prediction["mask"][i, 0].detach().cpu().numpy().astype(np.uint8)
         mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST).astype(bool) if mask.any() else None
-        if self.heatmaps:
-            self._save_png(f"overlays/{name}.png", overlay_heatmap(image, native, self.value_range, mask=mask,
-                                                                   predicted=predicted))
-        if self.save_maps:
-            target = self.output_dir / "maps" / f"{name}.npy"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            np.save(target, native.astype(np.float32))
-        if self.save_masks and predicted is not None:
-            self._save_png(f"masks/{name}.png", predicted.astype(np.uint8) * 255)
-
-    def _save_png(self, relative: str, picture: np.ndarray) -> None:
-        target = self.output_dir / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(picture).save(target)
+        write_image_outputs(self.output_dir, name, image, native, self.value_range, predicted, mask,
+                            self.heatmaps, self.save_maps, self.save_masks)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Every rank reaches this hook whatever its number of batches (even only a DDP filler): the only
@@ -234,16 +203,10 @@ class PredictionWriter(BasePredictionWriter):
         rows = self._merged_rows(trainer, distributed)
         if not rows:  # another rank's process, or no image at all
             return
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        name = "predictions.csv"
-        fields = list(dict.fromkeys(k for row in rows for k in row))
-        with open(self.output_dir / name, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
+        target = write_predictions_csv(self.output_dir, rows)
         if self.save_masks and self._thresholds is None:
             print("No stored thresholds in this checkpoint: no binary masks written (fit calibrates them).")
-        print(f"Predictions written to {self.output_dir / name}" + (" (+ overlays/)" if self.heatmaps else ""))
+        print(f"Predictions written to {target}" + (" (+ overlays/)" if self.heatmaps else ""))
 
 
 def _one_sample(values: dict[str, Any], i: int) -> dict[str, Any]:
@@ -257,18 +220,6 @@ def _one_sample(values: dict[str, Any], i: int) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-def _native_map(anomaly_map: np.ndarray, height: int, width: int, coverage: float = 1.0) -> np.ndarray:
-    """The map at the native size; a map of a centre crop (``coverage`` < 1) goes into the crop's place and the
-    border (never scored) gets the map's minimum."""
-    if coverage >= 1.0:
-        return cv2.resize(anomaly_map, (width, height), interpolation=cv2.INTER_LINEAR)
-    crop_h, crop_w = max(1, round(height * coverage)), max(1, round(width * coverage))
-    top, left = (height - crop_h) // 2, (width - crop_w) // 2
-    native = np.full((height, width), float(anomaly_map.min()), dtype=np.float32)
-    native[top:top + crop_h, left:left + crop_w] = cv2.resize(anomaly_map, (crop_w, crop_h), interpolation=cv2.INTER_LINEAR)
-    return native
 
 
 def _dataset_paths(trainer: pl.Trainer) -> list[str]:

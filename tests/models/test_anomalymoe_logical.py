@@ -14,6 +14,20 @@ socket's solder pads, a misplaced part lies on bare board), which the patch expe
 random feature model are coarse (one cluster over the left parts, one over the board) and the mean feature under
 a dilated mask hardly moves. ``test_component_path_beats_the_patch_path_on_logical_defects`` is therefore a
 strict xfail: it records the claim and turns into a failure (XPASS) the day it holds.
+
+Tried outside the repo (a scratch script on this test's setup, 48 test images, I-AUROC per defect kind after
+training), to see whether another synthetic defect or other masks would show the claim — none did:
+
+- a purely logical defect, two parts swapped between sockets (every part locally normal): patch 100.0,
+  component 74.5 (the random ViT's position embeddings and global attention let the patch expert see it);
+- component masks from a feature model without position embeddings and with 8-px patches (colour clusters
+  instead of left/right halves): component 50.5–62.0 against patch 82.3–100.0;
+- "more than the patch experts alone" read as the fused model (patch + component, the real fusion) against
+  the patch path of the same model: fused 72.9 / 87.5 / 96.4 vs patch 79.2 / 98.4 / 100.0 (missing /
+  misplaced / swapped): the weaker component level dilutes the patch level.
+
+So on random features the patch path dominates every logical defect we can draw; the paper's claim rests on
+pretrained DINO features (semantic part clusters), which this machine cannot download.
 """
 
 from __future__ import annotations
