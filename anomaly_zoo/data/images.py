@@ -21,6 +21,9 @@ __all__ = ["ImageFiles", "find_images", "folder_predict_samples"]
 
 #: The label of an image nobody has labelled.
 UNKNOWN_LABEL = -1
+#: The category of images given without ``--data.category``: unknown (a model that names categories, such as
+#: MoECLIP's text prompts, uses its generic name for it).
+UNNAMED_CATEGORY = "images"
 
 
 def folder_predict_samples(folder: Any, category: str) -> list[Sample]:
@@ -57,7 +60,7 @@ class ImageFiles(AnomalyDataModule):
     def __init__(
         self,
         path: str | list[str],
-        category: str = "images",
+        category: str = UNNAMED_CATEGORY,
         image_size: ImageSize = None,
         batch_size: int = 8,
         num_workers: int = 0,

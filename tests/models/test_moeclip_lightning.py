@@ -173,3 +173,20 @@ def test_authors_checkpoint_mismatches_fail_clearly():
         load_official_state_dict(module.model, broken(lambda d: d.update({"seg_proj.0.fc.0.weight": d.pop("seg_proj.0.fc.weight")})))
     with pytest.raises(OfficialCheckpointError, match="not 0..K-1"):
         load_official_state_dict(module.model, broken(lambda d: d.pop("moe_adapters.1.experts.0.lora_B.weight")))
+
+
+def test_images_without_a_category_get_the_generic_prompt_as_in_an_exported_graph():
+    """`predict imgs/` without --data.category names its images "images"; the prompts must not say so."""
+    from anomaly_zoo.data.images import UNNAMED_CATEGORY
+    from anomaly_zoo.models.moeclip.lightning import DEFAULT_CATEGORY
+
+    torch.manual_seed(0)
+    module = _randomised(MoECLIP(**TINY)).eval()
+    images = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        unnamed = module.predict_anomaly(images, [UNNAMED_CATEGORY] * 2)["pred_score"]
+        generic = module.predict_anomaly(images)["pred_score"]  # no category: what the exported graph runs
+        named = module.predict_anomaly(images, ["pill", "pill"])["pred_score"]
+    assert module._categories_for(images, [UNNAMED_CATEGORY, "pill"]) == [DEFAULT_CATEGORY, "pill"]
+    torch.testing.assert_close(unnamed, generic, rtol=0, atol=0)
+    assert not torch.equal(named, generic)  # the prompt does reach the scores
