@@ -205,7 +205,8 @@ def test_a_centre_crop_map_lands_in_the_crop_of_the_native_image():
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_the_three_deploy_commands_end_to_end(folders, tmp_path):
-    """fit (calibrates) → `predict CKPT FOLDER` (short form) → `export` (parity), as a user runs them."""
+    """fit (calibrates) → `predict CKPT FOLDER` (short form) → `export` (parity) → `predict` from the ONNX file,
+    as a user runs them."""
     import subprocess
     import sys
     from pathlib import Path
@@ -228,3 +229,8 @@ def test_the_three_deploy_commands_end_to_end(folders, tmp_path):
     assert len(list((tmp_path / "pred" / "masks").rglob("*.png"))) == 5
     exported = run("export", "--ckpt_path", str(ckpt), "--format", "onnx", "--output", str(tmp_path / "model.onnx"))
     assert "max |Δ map|" in exported.stdout and (tmp_path / "model.onnx").is_file()
+    run("predict", "--ckpt_path", str(tmp_path / "model.onnx"), str(folders), "--output_dir", str(tmp_path / "onnx"))
+    from_onnx = pd.read_csv(tmp_path / "onnx" / "predictions.csv", keep_default_na=False)
+    assert from_onnx["path"].tolist() == table["path"].tolist()
+    assert from_onnx["pred_label"].tolist() == table["pred_label"].tolist()
+    np.testing.assert_allclose(from_onnx["pred_score"], table["pred_score"], atol=1e-4, rtol=0)
