@@ -53,6 +53,12 @@ def test_unknown_model_fails_with_known_names():
     assert "feature_distance" in result.stderr
 
 
+def test_python_m_anomaly_zoo_is_the_same_command():
+    result = subprocess.run([sys.executable, "-m", "anomaly_zoo", "fit", "--model", "nosuchmodel"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "unknown model 'nosuchmodel'" in result.stderr
+
+
 def test_unknown_data_fails_with_known_names():
     result = run_cli("fit", "--model", "feature_distance", "--data", "imagenet")
     assert result.returncode == 2
