@@ -7,8 +7,7 @@ Importing this package is cheap (no Lightning, no torch): the registry imports
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from anomaly_zoo.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "AnomalyDataModule": "anomaly_zoo.data.base",
@@ -18,15 +17,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'anomaly_zoo.data' has no attribute '{name}'")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

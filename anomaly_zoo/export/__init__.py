@@ -11,8 +11,7 @@ package must not import torch; the names below are imported on first access.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from anomaly_zoo.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "ExportResult": "anomaly_zoo.export.exporter", "export_model": "anomaly_zoo.export.exporter",
@@ -21,11 +20,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'anomaly_zoo.export' has no attribute '{name}'")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

@@ -7,9 +7,7 @@ it runs. ``from anomaly_zoo.models import UniAD`` still works (PEP 562 ``__getat
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from anomaly_zoo.lazy_exports import lazy_exports
 from anomaly_zoo.registry import MODELS
 
 #: registry name → "module:Class"; a new model adds one line here (its class keeps ``@MODELS.register``).
@@ -26,16 +24,4 @@ _EXPORTS = {target.rpartition(":")[2]: target for target in MODEL_CLASSES.values
 _EXPORTS["AnomalyModule"] = "anomaly_zoo.models.base:AnomalyModule"
 
 __all__ = ["AnomalyModule", *sorted(name for name in _EXPORTS if name != "AnomalyModule")]
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'anomaly_zoo.models' has no attribute '{name}'")
-    module, _, attr = _EXPORTS[name].partition(":")
-    value = getattr(importlib.import_module(module), attr)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

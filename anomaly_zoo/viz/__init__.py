@@ -6,17 +6,9 @@ OpenCV and PIL (the torch-free ``predict`` of exported models uses them); ``Pred
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from anomaly_zoo.lazy_exports import lazy_exports
 
 _EXPORTS = {"PredictionWriter": "anomaly_zoo.viz.writer", "overlay_heatmap": "anomaly_zoo.viz.heatmap"}
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'anomaly_zoo.viz' has no attribute '{name}'")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
