@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -66,7 +66,7 @@ def map_percentiles(anomaly_map: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def auto_value_range(percentiles: Iterable[tuple[float, float]]) -> tuple[float, float]:
+def auto_value_range(percentiles: Sequence[tuple[float, float]]) -> tuple[float, float]:
     """The lowest 1st and highest 99.9th percentile over the run's maps; (0, 1) when there were none."""
     lows, highs = zip(*percentiles) if percentiles else ((), ())
     low, high = min(lows, default=math.inf), max(highs, default=-math.inf)
