@@ -201,6 +201,32 @@ def expand_short_names(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def class_options_first(argv: Sequence[str]) -> list[str]:
+    """Move each ``--model CLASS`` / ``--data CLASS`` (nested ``--data.train_data CLASS`` too) before the first
+    option of its own group (``--data.category ...``).
+
+    jsonargparse gives an option that comes before its class to the base class and then carries the base
+    class's defaults into the subclass: ``--data.category [grid] --data synthetic`` silently trained at the
+    base DataModule's 256 px, batch 32, 4 workers instead of SyntheticDataModule's defaults.
+    """
+    out = list(argv)
+    i = 0
+    while i < len(out):
+        key, eq, _ = out[i].partition("=")
+        if key.endswith(".class_path"):
+            key = key.removesuffix(".class_path")
+        elif not _OPTION.match(key):
+            i += 1
+            continue
+        width = 1 if eq or i + 1 >= len(out) or out[i + 1].startswith("-") else 2
+        groups = {key + ".", key.replace(".init_args.", ".") + "."}
+        first = next((j for j in range(i) if any(out[j].startswith(g) for g in groups)), None)
+        if first is not None:
+            out[first:first] = [out.pop(i + width - 1 - k) for k in range(width)][::-1]
+        i += width
+    return out
+
+
 def _focus_help(argv: list[str]) -> list[str]:
     """``fit --model X --help`` shows X's own options (jsonargparse's ``--model.help X``), likewise ``--data``.
 
@@ -551,7 +577,7 @@ def main(args: Sequence[str] | None = None) -> None:
     if argv[:1] == ["export"]:  # deployment: its own small parser (anomaly_zoo/export/cli.py)
         raise SystemExit(run_export(argv[1:]))
     try:
-        argv = expand_short_names(argv)
+        argv = class_options_first(expand_short_names(argv))
     except UnknownNameError as err:
         raise SystemExit(err.code) from None
     argv = _focus_help(argv)

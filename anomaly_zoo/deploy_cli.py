@@ -55,7 +55,10 @@ def prepare_deploy_arguments(argv: Sequence[str]) -> list[str]:
     if positional:
         if any(a.split("=", 1)[0] in ("--data", "--data.class_path") for a in argv):
             raise DatasetError(f"give images either as paths ({' '.join(positional)}) or with --data, not both.")
-        argv += ["--data", "anomaly_zoo.data.images.ImageFiles", f"--data.init_args.path=[{', '.join(map(_quote, positional))}]"]
+        # Right after the subcommand: the user's own --data.* options (category, batch size) must come after
+        # the class, or jsonargparse gives them to the base class and carries its defaults into ImageFiles.
+        argv[1:1] = ["--data", "anomaly_zoo.data.images.ImageFiles",
+                     f"--data.init_args.path=[{', '.join(map(_quote, positional))}]"]
     return _with_checkpoint_defaults(argv)
 
 

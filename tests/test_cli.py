@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
-from anomaly_zoo.cli import expand_short_names
+from anomaly_zoo.cli import class_options_first, expand_short_names
 from anomaly_zoo.data.synthetic import SyntheticDataModule
 from anomaly_zoo.models.feature_distance import FeatureDistance
 
@@ -51,6 +52,26 @@ def test_unknown_model_fails_with_known_names():
     assert result.returncode == 2
     assert "unknown model 'nosuchmodel'" in result.stderr
     assert "feature_distance" in result.stderr
+
+
+def test_class_options_move_before_their_own_options():
+    argv = ["fit", "--data.category", "[grid]", "--trainer.max_epochs", "1", "--data", "x.Data", "--model.lr", "1",
+            "--model=y.Model", "--data.init_args.train_data.init_args.root", "r", "--data.init_args.train_data", "z.T"]
+    assert class_options_first(argv) == [
+        "fit", "--data", "x.Data", "--data.category", "[grid]", "--trainer.max_epochs", "1", "--model=y.Model",
+        "--model.lr", "1", "--data.init_args.train_data", "z.T", "--data.init_args.train_data.init_args.root", "r"]
+    assert class_options_first(["fit", "--data", "x.Data", "--data.a", "1"]) == ["fit", "--data", "x.Data", "--data.a", "1"]
+
+
+def test_an_option_before_its_class_gets_the_subclass_defaults():
+    """Before the reordering, `--data.category ... --data synthetic` trained at the base DataModule's defaults."""
+    config = {}
+    for order in (["--data.category", "[grid]", "--data", "synthetic"], ["--data", "synthetic", "--data.category", "[grid]"]):
+        result = run_cli("fit", "--model", "feature_distance", *order, "--print_config")
+        assert result.returncode == 0, result.stderr[-2000:]
+        config[order[0]] = yaml.safe_load(result.stdout)["data"]["init_args"]
+    assert config["--data.category"] == config["--data"]
+    assert config["--data"]["category"] == ["grid"] and config["--data"]["image_size"] is None  # synthetic's own
 
 
 def test_python_m_anomaly_zoo_is_the_same_command():

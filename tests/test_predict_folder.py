@@ -149,8 +149,8 @@ def test_the_predict_short_form_expands_to_the_images_data_with_the_checkpoints_
                                                   "interpolation": "bicubic"}}}, ckpt)
     argv = prepare_deploy_arguments(["predict", "--ckpt_path", str(ckpt), "imgs/", "more/*.png", "--save_maps",
                                      "--output_dir", "out", "--save_masks", "false"])
-    assert argv[:3] == ["predict", "--ckpt_path", str(ckpt)]
-    assert argv[3:6] == ["--data", "anomaly_zoo.data.images.ImageFiles", '--data.init_args.path=["imgs/", "more/*.png"]']
+    assert argv[:6] == ["predict", "--data", "anomaly_zoo.data.images.ImageFiles",
+                        '--data.init_args.path=["imgs/", "more/*.png"]', "--ckpt_path", str(ckpt)]
     assert argv[6:8] == ["--model", "anomaly_zoo.models.uniad.lightning.UniAD"]  # the checkpoint's model
     assert set(argv[8:]) == {"--data.init_args.image_size=[48, 64]", "--data.init_args.normalization=clip",
                              "--data.init_args.interpolation=bicubic"}
@@ -158,6 +158,29 @@ def test_the_predict_short_form_expands_to_the_images_data_with_the_checkpoints_
     # An explicit size wins over the checkpoint's.
     argv = prepare_deploy_arguments(["predict", "--ckpt_path", str(ckpt), "imgs/", "--data.image_size", "32"])
     assert not any(a.startswith("--data.init_args.image_size") for a in argv)
+
+
+def test_data_options_given_with_the_short_form_keep_the_images_defaults(tmp_path):
+    """`predict --ckpt_path M imgs/ --data.category grid`: before the fix the category came before the data class,
+    and jsonargparse carried the base DataModule's defaults (batch 32, 4 workers) into ImageFiles."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"anomaly_zoo": {"model_class": "anomaly_zoo.models.feature_distance.FeatureDistance",
+                                "preprocessing": {"image_size": [32, 32], "normalization": "imagenet",
+                                                  "interpolation": "bilinear"}}}, ckpt)
+    cli = str(Path(sys.executable).with_name("anomaly-zoo"))
+    done = subprocess.run([cli, "predict", "--ckpt_path", str(ckpt), "imgs/", "--data.category", "grid",
+                           "--print_config"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = yaml.safe_load(done.stdout)["data"]
+    assert data["class_path"] == "anomaly_zoo.data.images.ImageFiles"
+    assert data["init_args"]["category"] == "grid" and data["init_args"]["path"] == ["imgs/"]
+    assert data["init_args"]["batch_size"] == 8 and data["init_args"]["num_workers"] == 0  # ImageFiles' own
 
 
 def test_threshold_options_are_taken_from_the_fit_command_line(monkeypatch):

@@ -177,3 +177,32 @@ def test_native_size_outputs_place_the_map_in_the_centre_crop(fitted, tmp_path):
     assert np.all(border == native.min())
     inner = native[top:-top, left:-left]
     assert inner.max() > native.min()  # the scored crop carries the map
+
+
+def test_predict_uses_the_crf_of_the_fit_when_the_backend_is_auto(fitted, tmp_path, monkeypatch):
+    """A checkpoint fitted where pydensecrf was absent (torch CRF), predicted where `auto` picks pydensecrf:
+    the masks come from the torch CRF, as in its fit, without the settings-differ warning."""
+    import warnings
+
+    from anomaly_zoo.models.anomalymoe import prepare_masks
+    from anomaly_zoo.models.anomalymoe.crf import resolve_backend
+
+    checkpoint = torch.load(fitted["ckpt"], map_location="cpu", weights_only=True)
+    stored = checkpoint["anomalymoe_mask_centres"]
+    assert stored["settings"]["settings"]["crf_backend"] == resolve_backend("auto")  # fitted on this machine
+    stored["settings"]["settings"]["crf_backend"] = "torch"
+    monkeypatch.setattr(prepare_masks, "resolve_backend",
+                        lambda backend: "pydensecrf" if backend == "auto" else resolve_backend(backend))
+    data = ImageFiles(path=[str(next((fitted["root"] / "grid" / "test").rglob("*.png")))], category="grid",
+                      image_size=64)
+    data.setup("predict")
+    settings = {**fitted["mask_settings"], "cache_dir": str(tmp_path / "cache")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the settings-differ warning would fail here
+        preparer = prepare_masks.attach_stored_component_masks(data, "predict", stored, **settings)
+    assert preparer.settings.crf_backend == "torch"
+    stored["settings"]["settings"]["crf_backend"] = "pydensecrf"  # an explicit choice is kept, and warned about
+    with pytest.warns(UserWarning, match="component-mask settings differ"):
+        preparer = prepare_masks.attach_stored_component_masks(data, "predict", stored,
+                                                               **{**settings, "crf_backend": "torch"})
+    assert preparer.settings.crf_backend == "torch"

@@ -55,7 +55,7 @@ from anomaly_zoo.models.anomalymoe.component_masks import (
     foreground_clusters,
     image_posteriors,
 )
-from anomaly_zoo.models.anomalymoe.crf import CRFParams, resolve_backend
+from anomaly_zoo.models.anomalymoe.crf import CRFParams, pydensecrf_available, resolve_backend
 
 #: Bump when the pipeline changes in a way that changes the masks.
 PIPELINE_VERSION = 1
@@ -489,6 +489,12 @@ def attach_stored_component_masks(datamodule: AnomalyDataModule, stage: str | No
     groups = list(stored.get("groups") or [])
     if not groups:
         raise DatasetError("The checkpoint stores no component-mask centres (its fit prepared no masks).")
+    fitted_backend = ((stored.get("settings") or {}).get("settings") or {}).get("crf_backend")
+    if settings.get("crf_backend", "auto") == "auto" and fitted_backend in ("torch", "pydensecrf") and (
+            fitted_backend == "torch" or pydensecrf_available()):
+        # `auto` means pydensecrf wherever it installs: a checkpoint fitted where it did not (or did) must get
+        # its masks from the same CRF, not from whatever this machine has (the two are not bit-identical).
+        settings = {**settings, "crf_backend": fitted_backend}
     preparer = make_preparer(**settings)
     if stored.get("settings") is not None and _hash(stored["settings"]) != _hash(preparer.settings_key()):
         warnings.warn("AnomalyMoE: the component-mask settings differ from those the stored centres were fitted "
