@@ -188,3 +188,14 @@ def test_a_torch_checkpoint_still_goes_to_the_lightning_cli(tmp_path):
     Path(f"{tmp_path / 'm.pt'}.json").write_text(json.dumps({"producer": "anomaly-zoo"}))
     assert exported_model_path(["predict", f"--ckpt_path={tmp_path / 'm.pt'}"]) == str(tmp_path / "m.pt")
     assert exported_model_path(["test", "--ckpt_path", str(tmp_path / "m.pt")]) is None
+
+
+def test_an_exported_model_where_a_checkpoint_is_needed_says_so(exported):
+    from anomaly_zoo.data.errors import DatasetError
+    from anomaly_zoo.export import load_model
+    from anomaly_zoo.models.components.checkpoint import CheckpointError, load_checkpoint
+
+    with pytest.raises(CheckpointError, match="written by `anomaly-zoo export`: only `predict` runs it"):
+        load_checkpoint(exported["onnx"], option="--ckpt_path")  # test / fit --ckpt_path
+    with pytest.raises(DatasetError, match="needs the Lightning checkpoint"):
+        load_model(exported["torchscript"])  # export --ckpt_path

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from anomaly_zoo.data.errors import DatasetError
+from anomaly_zoo.export.runtime import not_a_checkpoint
 
 __all__ = ["load_model"]
 
@@ -31,6 +32,9 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise DatasetError(f"Checkpoint '{path}' does not exist (check --ckpt_path).")
+    exported = not_a_checkpoint(path)
+    if exported:
+        raise DatasetError(exported)
     # Our checkpoints hold tensors and plain data only (thresholds, preprocessing, hyper-parameters): load them
     # safely, never by unpickling arbitrary objects; mmap reads only what is used.
     try:

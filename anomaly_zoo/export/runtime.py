@@ -20,7 +20,7 @@ import numpy as np
 
 from anomaly_zoo.data.resize import resize_image
 
-__all__ = ["EXPORTED_SUFFIXES", "ExportedModel", "ExportedModelError", "is_exported_model"]
+__all__ = ["EXPORTED_SUFFIXES", "ExportedModel", "ExportedModelError", "is_exported_model", "not_a_checkpoint"]
 
 #: What ``anomaly-zoo export`` writes (beside ``<file>.json``).
 EXPORTED_SUFFIXES = (".onnx", ".pt")
@@ -39,6 +39,15 @@ def is_exported_model(path: str | os.PathLike) -> bool:
         return json.loads(Path(f"{path}.json").read_text()).get("producer") == "anomaly-zoo"
     except (OSError, ValueError):
         return path.suffix == ".onnx"  # an .onnx without metadata: ExportedModel.load says what is missing
+
+
+def not_a_checkpoint(path: str | os.PathLike, option: str = "--ckpt_path") -> str | None:
+    """The error for an exported model given where a Lightning checkpoint is needed (``test``, ``export``, ...);
+    None when ``path`` is not one."""
+    if not is_exported_model(path):
+        return None
+    return (f"'{path}' is a model written by `anomaly-zoo export`: only `predict` runs it (anomaly-zoo predict "
+            f"--ckpt_path {path} IMAGES); `{option}` here needs the Lightning checkpoint (.ckpt) it came from.")
 
 
 @dataclass

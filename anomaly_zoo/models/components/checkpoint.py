@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from anomaly_zoo.export.runtime import not_a_checkpoint
+
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, cannot be read safely, or does not fit the model."""
@@ -69,6 +71,9 @@ def load_checkpoint(
     if not path.is_file():
         state = "is a directory" if path.is_dir() else "does not exist"
         raise CheckpointNotFoundError(f"{what} '{path}' {state} (check `{option}`).")
+    exported = not_a_checkpoint(path, option)
+    if exported:
+        raise CheckpointError(exported)
     safe = [(obj, name) for name, obj in (allowed or {}).items()]
     try:
         with torch.serialization.safe_globals(safe):
