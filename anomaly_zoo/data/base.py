@@ -15,7 +15,7 @@ from anomaly_zoo.data.dataset import AnomalyDataset, Sample
 from anomaly_zoo.data.errors import DatasetError, DuplicateCategoryWarning
 from anomaly_zoo.data.image_cache import attach_image_cache, resolve_cache_mode
 from anomaly_zoo.data.io import require_dir
-from anomaly_zoo.data.loader_options import loader_options
+from anomaly_zoo.data.loader_options import evaluation_workers, loader_options
 from anomaly_zoo.data.resumable_loader import resumable_train_loader
 from anomaly_zoo.data.sampler import eval_sampler
 from anomaly_zoo.data.transforms import ImageSize, as_hw, build_transform
@@ -218,8 +218,8 @@ class AnomalyDataModule(pl.LightningDataModule):
         # still runs per item). ``auto`` leaves alone what is read once: test, predict, single-pass fits.
         read_once = train and self._single_pass_training() and self.cache == "auto"
         dataset = attach_image_cache(dataset, "off" if read_once else self.cache)
-        options = loader_options(self.num_workers, getattr(self, "trainer", None))
         if train and not self._single_pass_training():
+            options = loader_options(self.num_workers, getattr(self, "trainer", None))
             # Seeded per epoch and stateful: a resumed run continues with the same order, mid-epoch too.
             return resumable_train_loader(
                 dataset,
@@ -230,13 +230,16 @@ class AnomalyDataModule(pl.LightningDataModule):
                 collate_fn=collate_samples,
             )
         # Evaluation, and the training pass of statistics-only models: every image once, unpadded shards.
+        sampler = eval_sampler(dataset)
+        workers = self.num_workers if train else evaluation_workers(
+            self.num_workers, len(sampler) if sampler is not None else len(dataset), self.eval_batch_size)
         return DataLoader(
             dataset,
             batch_size=self.eval_batch_size,
             shuffle=False,
-            sampler=eval_sampler(dataset),
-            num_workers=self.num_workers,
-            **options,
+            sampler=sampler,
+            num_workers=workers,
+            **loader_options(workers, getattr(self, "trainer", None)),
             collate_fn=collate_samples,
         )
 
