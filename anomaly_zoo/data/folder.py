@@ -8,7 +8,7 @@ from pathlib import Path
 from anomaly_zoo.data.base import AnomalyDataModule
 from anomaly_zoo.data.dataset import Sample
 from anomaly_zoo.data.errors import DatasetError
-from anomaly_zoo.data.images import folder_predict_samples
+from anomaly_zoo.data.images import FOLDER_CATEGORY, folder_predict_samples
 from anomaly_zoo.data.io import list_images, match_by_stem, require_dir
 from anomaly_zoo.data.layout import missing_mask_error
 from anomaly_zoo.data.transforms import ImageSize
@@ -63,7 +63,7 @@ class Folder(AnomalyDataModule):
         abnormal_dir: str | Path | None = None,
         mask_dir: str | Path | None = None,
         normal_test_dir: str | Path | None = None,
-        category: str = "folder",
+        category: str = FOLDER_CATEGORY,
         normal_split_ratio: float = 0.2,
         seed: int = 0,
         image_size: ImageSize = 256,

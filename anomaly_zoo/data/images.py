@@ -24,6 +24,9 @@ UNKNOWN_LABEL = -1
 #: The category of images given without ``--data.category``: unknown (a model that names categories, such as
 #: MoECLIP's text prompts, uses its generic name for it).
 UNNAMED_CATEGORY = "images"
+#: ``--data folder``'s default category, likewise a name nobody chose.
+FOLDER_CATEGORY = "folder"
+UNNAMED_CATEGORIES = frozenset({UNNAMED_CATEGORY, FOLDER_CATEGORY})
 
 
 def folder_predict_samples(folder: Any, category: str) -> list[Sample]:

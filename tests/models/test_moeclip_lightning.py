@@ -176,8 +176,9 @@ def test_authors_checkpoint_mismatches_fail_clearly():
 
 
 def test_images_without_a_category_get_the_generic_prompt_as_in_an_exported_graph():
-    """`predict imgs/` without --data.category names its images "images"; the prompts must not say so."""
-    from anomaly_zoo.data.images import UNNAMED_CATEGORY
+    """`predict imgs/` (or `--data folder`) without --data.category names its images "images" ("folder"); the
+    prompts must not say so."""
+    from anomaly_zoo.data.images import FOLDER_CATEGORY, UNNAMED_CATEGORY
     from anomaly_zoo.models.moeclip.lightning import DEFAULT_CATEGORY
 
     torch.manual_seed(0)
@@ -188,5 +189,6 @@ def test_images_without_a_category_get_the_generic_prompt_as_in_an_exported_grap
         generic = module.predict_anomaly(images)["pred_score"]  # no category: what the exported graph runs
         named = module.predict_anomaly(images, ["pill", "pill"])["pred_score"]
     assert module._categories_for(images, [UNNAMED_CATEGORY, "pill"]) == [DEFAULT_CATEGORY, "pill"]
+    assert module._categories_for(images, [FOLDER_CATEGORY] * 2) == [DEFAULT_CATEGORY] * 2
     torch.testing.assert_close(unnamed, generic, rtol=0, atol=0)
     assert not torch.equal(named, generic)  # the prompt does reach the scores

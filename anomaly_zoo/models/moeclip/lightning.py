@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from anomaly_zoo.data.images import UNNAMED_CATEGORY
+from anomaly_zoo.data.images import UNNAMED_CATEGORIES
 from anomaly_zoo.models.base import AnomalyModule
 from anomaly_zoo.models.moeclip.convert import load_official_file, load_official_state_dict
 from anomaly_zoo.models.moeclip.maps import fixed_range_image_score, map_value_range, transductive_image_score
@@ -136,9 +136,9 @@ class MoECLIP(AnomalyModule):
             return [DEFAULT_CATEGORY] * images.shape[0]
         if len(categories) != images.shape[0]:
             raise ValueError(f"{len(categories)} categories for {images.shape[0]} images.")
-        # `predict imgs/` without --data.category: the category is unknown, so the generic prompt (the one an
-        # exported graph, which has no category input, uses), not "a photo of a images".
-        return [DEFAULT_CATEGORY if c == UNNAMED_CATEGORY else c for c in categories]
+        # `predict imgs/` or `--data folder` without --data.category: the category is unknown, so the generic
+        # prompt (the one an exported graph, which has no category input, uses), not "a photo of a images".
+        return [DEFAULT_CATEGORY if c in UNNAMED_CATEGORIES else c for c in categories]
 
     # ---- inference -------------------------------------------------------------------------------------------
     def _predict(self, images: torch.Tensor, categories: list[str] | None) -> dict[str, torch.Tensor]:
