@@ -43,13 +43,14 @@ def images(tmp_path_factory) -> Path:
 
 
 def _split_thresholds(model, images: Path) -> None:
-    """Thresholds at the median image score and pixel of ``images``: some images fall on each side."""
+    """Thresholds between the middle image scores and at the median pixel of ``images``: some fall on each side."""
     data = ImageFiles(path=str(images), image_size=model.preprocessing["image_size"], batch_size=8)
     data.setup("predict")
     batch = next(iter(data.predict_dataloader()))
     with torch.no_grad():
         output = model.predict_anomaly(batch["image"])
-    image, pixel = float(output["pred_score"].median()), float(output["anomaly_map"].median())
+    ranked = output["pred_score"].sort().values  # midway between two scores: no score sits on the threshold
+    image, pixel = float(ranked[len(ranked) // 2 - 1: len(ranked) // 2 + 1].mean()), float(output["anomaly_map"].median())
     model.thresholds = Thresholds(image=image, pixel=pixel, image_range=(image - 1, image + 1),
                                   pixel_range=(pixel - 1, pixel + 1), image_method="hand", pixel_method="hand",
                                   source="test", n_images=5)
@@ -93,7 +94,7 @@ def test_exported_predict_writes_what_the_model_predict_writes(kind, exported, i
     assert (table["label"] == "").all() and table["overlay"].tolist() == reference["overlay"].tolist()
     np.testing.assert_allclose(table["pred_score"], reference["pred_score"], atol=1e-4, rtol=0)
     assert table["pred_label"].tolist() == reference["pred_label"].tolist()
-    assert set(reference["pred_label"]) == {0, 1}  # the median thresholds split these images
+    assert set(reference["pred_label"]) == {0, 1}  # the thresholds split these images
     for name in reference["overlay"]:
         stem = name.removeprefix("overlays/").removesuffix(".png")
         ours, theirs = (np.load(tmp_path / d / "maps" / f"{stem}.npy") for d in (kind, "model"))
@@ -104,6 +105,15 @@ def test_exported_predict_writes_what_the_model_predict_writes(kind, exported, i
         assert (np.abs(overlay[0] - overlay[1]).max(-1) > 1).mean() < 0.01
         masks = [np.asarray(Image.open(tmp_path / d / "masks" / f"{stem}.png")) > 0 for d in (kind, "model")]
         assert (masks[0] != masks[1]).mean() < 1e-3
+
+
+def test_the_folder_spelling_predicts_the_same_images(exported, images, tmp_path):
+    given = _predict_exported(exported["onnx"], images, tmp_path / "paths")
+    with pytest.raises(SystemExit) as done:
+        launcher_main(["predict", "--ckpt_path", str(exported["onnx"]), "--data", "folder", "--data.root", str(images),
+                       "--output_dir", str(tmp_path / "folder")])
+    assert done.value.code == 0
+    assert pd.read_csv(tmp_path / "folder" / "predictions.csv", keep_default_na=False).equals(given)
 
 
 def test_onnx_predict_imports_neither_torch_nor_lightning(exported, images, tmp_path):
@@ -162,8 +172,10 @@ def test_bad_input_ends_in_one_line_naming_it(exported, images, tmp_path, capsys
     lonely = tmp_path / "lonely.onnx"
     lonely.write_bytes(Path(exported["onnx"]).read_bytes())  # without its .json metadata
     assert "lonely.onnx.json' is missing" in _error_line(["predict", "--ckpt_path", str(lonely), str(images)], capsys)
-    line = _error_line(["predict", "--ckpt_path", str(exported["onnx"]), "--data", "folder", str(images)], capsys)
-    assert "--data" in line and "checkpoint" in line
+    line = _error_line(["predict", "--ckpt_path", str(exported["onnx"]), "--data", "folder", "--data.root",
+                        str(images), "--data.normal_dir", "good"], capsys)
+    assert "--data.normal_dir" in line and "checkpoint" in line
+    assert "--data folder" in _error_line(["predict", "--ckpt_path", str(exported["onnx"])], capsys)
     line = _error_line(["predict", "--ckpt_path", str(exported["onnx"]), str(tmp_path / "nothing" / "*.png")], capsys)
     assert "nothing/*.png" in line
     garbage = tmp_path / "garbage.onnx"

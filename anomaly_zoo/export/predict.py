@@ -41,8 +41,9 @@ class _OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         if "unrecognized arguments" in message:
-            message += (" (an exported model predicts image files given as paths, folders or globs; --data and "
-                        "the Lightning options need the checkpoint: --ckpt_path model.ckpt)")
+            message += (" (an exported model predicts image files given as paths, folders or globs, or "
+                        "--data folder --data.root DIR; other --data options and the Lightning options need the "
+                        "checkpoint: --ckpt_path model.ckpt)")
         sys.stderr.write(f"error: {message}\n")
         raise SystemExit(2)
 
@@ -57,7 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="anomaly-zoo predict", description="Predict images with a model written by `anomaly-zoo export`.",
         allow_abbrev=False)
-    parser.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or glob patterns")
+    parser.add_argument("paths", nargs="*", help="image files, folders (searched recursively) or glob patterns")
+    # The checkpoint route's spellings of the same thing: `--data folder --data.root DIR`, `--data images
+    # --data.path P...` (a folder's labelled splits need the checkpoint: Folder is a Lightning DataModule).
+    parser.add_argument("--data", choices=("images", "folder"), default=None,
+                        help="images (with --data.path) or folder (with --data.root): the same as giving paths")
+    parser.add_argument("--data.root", "--data.init_args.root", dest="data_root", default=None)
+    parser.add_argument("--data.path", "--data.init_args.path", dest="data_path", nargs="+", default=None)
     parser.add_argument("--ckpt_path", required=True, help="the exported .onnx (or TorchScript .pt) file")
     parser.add_argument("--category", "--data.category", default="images", dest="category",
                         help="the images' category (picks its own thresholds when the model has them)")
@@ -87,13 +94,19 @@ def _split_flags(argv: list[str]) -> list[str]:
 
 def main(argv: Sequence[str]) -> int:
     """``argv`` without the leading ``predict``."""
-    args = build_parser().parse_args(_split_flags(list(argv)))
+    parser = build_parser()
+    args = parser.parse_args(_split_flags(list(argv)))
+    paths = list(args.paths) + ([args.data_root] if args.data_root else []) + list(args.data_path or [])
+    if not paths:
+        parser.error("give the images as paths, folders or globs (or --data folder --data.root DIR)")
+    if (args.data_root and args.data != "folder") or (args.data_path and args.data != "images"):
+        parser.error("--data.root goes with --data folder, --data.path with --data images")
     if args.batch_size < 1:
         sys.stderr.write(f"error: --batch_size must be >= 1, got {args.batch_size}.\n")
         return 2
     try:
         model = ExportedModel.load(args.ckpt_path)
-        target = predict_exported(model, args.paths, output_dir=args.output_dir, results_dir=args.results_dir,
+        target = predict_exported(model, paths, output_dir=args.output_dir, results_dir=args.results_dir,
                                   category=args.category, batch_size=args.batch_size, heatmaps=args.heatmaps,
                                   save_maps=args.save_maps, save_masks=args.save_masks)
     except (ExportedModelError, DatasetError) as err:
