@@ -606,6 +606,9 @@ def main(args: Sequence[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=r"No seed found, seed set to")
     # `test --ckpt_path` from another run's folder: Lightning notes it will not restore that run's top-k list.
     warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
+    # `test` / `predict --ckpt_path`: Lightning asks for fit's checkpoint callbacks, whose state only a resumed
+    # fit needs (and `fit` adds them itself).
+    warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
     description = (
         "anomaly-zoo: train and evaluate visual anomaly detectors.\n"
         f"Models (--model): {', '.join(MODELS.names())}.\n"

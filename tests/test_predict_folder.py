@@ -257,3 +257,25 @@ def test_the_three_deploy_commands_end_to_end(folders, tmp_path):
     assert from_onnx["path"].tolist() == table["path"].tolist()
     assert from_onnx["pred_label"].tolist() == table["pred_label"].tolist()
     np.testing.assert_allclose(from_onnx["pred_score"], table["pred_score"], atol=1e-4, rtol=0)
+
+
+def test_images_of_a_category_without_its_own_thresholds_get_a_note(folders, tmp_path, caplog):
+    """A unified model decides each category at its own thresholds; unnamed images fall back to the global ones."""
+    import logging
+
+    model = RedOracle()
+    own = Thresholds(image=_red(10), pixel=_red(10), image_range=(_red(0), _red(255)),
+                     pixel_range=(_red(0), _red(255)), image_method="hand", pixel_method="hand", source="hand",
+                     n_images=4)
+    model.thresholds.per_category = {"line": own, "other": own}
+    model.thresholds.per_category_active = True
+    for category, expected in (("images", True), ("line", False)):
+        caplog.clear()
+        trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             callbacks=[PredictionWriter(output_dir=str(tmp_path / category))])
+        with caplog.at_level(logging.INFO):
+            trainer.predict(model, datamodule=ImageFiles(path=str(folders), image_size=32, category=category),
+                            return_predictions=False)
+        assert ("category 'images' has none" in caplog.text) is expected, caplog.text
+        table = pd.read_csv(tmp_path / category / "predictions.csv", keep_default_na=False)
+        assert bool((table["pred_label"] == 1).all()) == (not expected)  # "line": its own, lower threshold

@@ -343,10 +343,25 @@ class AnomalyModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._finish_metrics("test")
 
+    def on_predict_start(self) -> None:
+        self._globally_decided: set[str] = set()
+
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         output = self.decide(self.anomaly_output(batch), batch.get("category"))
+        thresholds = self.thresholds
+        if thresholds is not None and thresholds.mode == "per-category":
+            self._globally_decided.update(c for c in batch["category"] if c not in thresholds.per_category)
         return {**output, "path": batch["path"], "label": batch["label"], "mask": batch["mask"],
                 "category": batch["category"]}
+
+    def on_predict_end(self) -> None:
+        unnamed = sorted(getattr(self, "_globally_decided", ()))
+        if unnamed:  # a unified model's categories differ in scale: the global threshold may flag all or none
+            rank_zero_info(
+                f"Note: this model decides each category at its own thresholds, but category "
+                f"{', '.join(repr(c) for c in unnamed)} has none, so those images were decided at the global "
+                f"thresholds. Name their category with --data.category NAME (one of "
+                f"{', '.join(self.thresholds.per_category)}) to use its own.")
 
     def decide(self, output: dict[str, torch.Tensor], categories: Sequence[str] | str | None = None
                ) -> dict[str, torch.Tensor]:
