@@ -127,7 +127,7 @@ def test_onnx_predict_imports_neither_torch_nor_lightning(exported, images, tmp_
     assert len(pd.read_csv(tmp_path / "out" / "predictions.csv")) == 5
 
 
-def test_normalised_graph_decides_at_one_half_and_a_category_picks_its_own_thresholds(images, tmp_path):
+def test_normalised_graph_decides_at_one_half_and_a_category_picks_its_own_thresholds(images, tmp_path, capsys):
     model = demo_model("uniad")
     _split_thresholds(model, images)
     t = model.thresholds
@@ -140,7 +140,9 @@ def test_normalised_graph_decides_at_one_half_and_a_category_picks_its_own_thres
     plain = _predict_exported(path, images, tmp_path / "plain")
     assert ((plain["pred_score"] >= 0.5).astype(int) == plain["pred_label"]).all()
     assert plain["pred_score"].between(0, 1).all() and "raw_score" not in plain
+    assert "category 'images' has none" in capsys.readouterr().out  # the note names --category and 'low'
     own = _predict_exported(path, images, tmp_path / "own", "--category", "low")
+    assert "has none" not in capsys.readouterr().out
     assert (own["category"] == "low").all() and (own["pred_label"] == 1).all()
     assert plain["pred_label"].sum() < 5  # so the category's thresholds, not the global ones, decided
 

@@ -113,6 +113,11 @@ def main(argv: Sequence[str]) -> int:
         sys.stderr.write(f"error: {err}\n")
         return 2
     print(f"Predictions written to {target}" + (" (+ overlays/)" if args.heatmaps else ""))
+    own = model.categories_with_own_thresholds()
+    if own and args.category not in own:  # as the checkpoint route's note (models/base.py)
+        print(f"Note: this model decides each category at its own thresholds, but category '{args.category}' has "
+              f"none, so these images were decided at the global thresholds. Name their category with --category "
+              f"NAME (one of {', '.join(own)}) to use its own.")
     return 0
 
 

@@ -128,6 +128,11 @@ class ExportedModel:
             maps = np.stack([cv2.resize(m, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for m in maps])
         return maps, np.asarray(scores, dtype=np.float32).reshape(-1)
 
+    def categories_with_own_thresholds(self) -> list[str]:
+        """The categories that decide at their own thresholds (empty unless the fit used per-category ones)."""
+        thresholds = self.metadata.get("thresholds") or {}
+        return list(thresholds.get("per_category") or {}) if thresholds.get("mode") == "per-category" else []
+
     def decision_thresholds(self, category: str | None) -> tuple[float, float] | None:
         """(image, pixel) thresholds in the outputs' unit for an image of ``category``; None without thresholds.
 
@@ -137,7 +142,7 @@ class ExportedModel:
         thresholds = self.metadata.get("thresholds")
         if not thresholds:
             return None
-        own = (thresholds.get("per_category") or {}).get(category) if thresholds.get("mode") == "per-category" else None
+        own = thresholds["per_category"][category] if category in self.categories_with_own_thresholds() else None
         if own is None:
             return float(thresholds["image"]), float(thresholds["pixel"])
         if self.normalized and not own.get("exact", True):
