@@ -63,7 +63,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--output", default=str(HERE / "results" / "predict.md"))
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="az_bench_predict_"))
+    with tempfile.TemporaryDirectory(prefix="az_bench_predict_") as work:  # the fit, exports and predictions
+        text = _bench(args, Path(work))
+    print(text)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(text)
+
+
+def _bench(args: argparse.Namespace, work: Path) -> str:
     ckpt = Path(args.ckpt).resolve() if args.ckpt else _fit_demo(work)
     for fmt, suffix in (("onnx", "onnx"), ("torchscript", "pt")):
         _run("export", "--ckpt_path", str(ckpt), "--format", fmt, "--output", str(work / f"model.{suffix}"), cwd=work)
@@ -97,10 +104,7 @@ def main() -> None:
     lines += ["", "The ONNX route imports numpy, PIL, OpenCV and onnxruntime only (no torch, no Lightning); "
               "TorchScript imports torch but not Lightning; the checkpoint needs torch + Lightning + timm + "
               "albumentations before the model is built."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(text)
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
