@@ -27,10 +27,11 @@ from typing import Any
 import torch
 from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch import Callback
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from anomaly_zoo.callbacks import RandomStateCheckpoint, ResumableCheckpoint, SaveOnSignal
+from anomaly_zoo.callbacks.progress_bar import progress_bar
 from anomaly_zoo.callbacks.resume import NothingToResumeError, require_last_checkpoint
 from anomaly_zoo.data.base import STAGE_SPLITS, AnomalyDataModule
 from anomaly_zoo.data.errors import DatasetError, worker_message
@@ -362,9 +363,13 @@ class AnomalyZooCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]):
         """``fit`` always keeps a resumable ``last.ckpt`` (unless the user configured checkpointing), saves the
-        random state in it, and turns SIGINT / SIGTERM into a checkpoint plus the command that resumes."""
+        random state in it, and turns SIGINT / SIGTERM into a checkpoint plus the command that resumes. Every
+        subcommand gets the progress bar of ``callbacks/progress_bar.py`` unless one is configured or disabled."""
+        given = [*(config.get("callbacks") or []), *callbacks]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
+            bar = progress_bar()  # Lightning's rich bar without its "0.00it/s" (callbacks/progress_bar.py)
+            callbacks = [*callbacks, bar] if bar is not None else callbacks
         if self.subcommand == "fit":
-            given = [*(config.get("callbacks") or []), *callbacks]
             if config.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint) for c in given):
                 callbacks = [*callbacks, ResumableCheckpoint()]
             callbacks = [*callbacks, RandomStateCheckpoint(), SaveOnSignal()]

@@ -246,7 +246,9 @@ def test_the_three_deploy_commands_end_to_end(folders, tmp_path):
         "--data.root", str(tmp_path / "data"), "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
         "--trainer.default_root_dir", str(tmp_path / "results"), "--threshold.quantile", "0.9")
     ckpt = next((tmp_path / "results").rglob("*.ckpt"))
-    run("predict", "--ckpt_path", str(ckpt), str(folders), "--output_dir", str(tmp_path / "pred"), "--save_masks")
+    predicted = run("predict", "--ckpt_path", str(ckpt), str(folders), "--output_dir", str(tmp_path / "pred"),
+                    "--save_masks")
+    assert "0.00it/s" not in predicted.stdout + predicted.stderr  # one batch: no speed is known, none printed
     table = pd.read_csv(tmp_path / "pred" / "predictions.csv", keep_default_na=False)
     assert len(table) == 5 and (table["label"] == "").all() and set(table["pred_label"]) <= {0, 1}
     assert len(list((tmp_path / "pred" / "masks").rglob("*.png"))) == 5
