@@ -22,14 +22,15 @@ from typing import Any
 
 from anomaly_zoo.data.errors import DatasetError
 
-__all__ = ["prepare_deploy_arguments", "run_export"]
+__all__ = ["BOOLEANS", "option_value", "prepare_deploy_arguments", "run_export"]
 
 _WRITER_FLAGS = {"--save_maps": "save_maps", "--save_masks": "save_masks"}
 _WRITER_VALUES = {"--output_dir": "output_dir"}
 _THRESHOLD = {"--threshold.method": ("method", str), "--threshold.quantile": ("quantile", float),
               "--threshold.normalize": ("normalize", None), "--threshold.per_category": ("per_category", None),
               "--threshold.min_category_images": ("min_category_images", int)}
-_BOOLEANS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+#: The words a true/false option takes (here and in the exported-model predict).
+BOOLEANS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
 
 def run_export(argv: Sequence[str]) -> int:
@@ -67,9 +68,9 @@ def _quote(value: str) -> str:
 
 
 def _bool(option: str, value: str) -> bool:
-    if value.lower() not in _BOOLEANS:
+    if value.lower() not in BOOLEANS:
         raise DatasetError(f"{option} takes true or false, got '{value}'.")
-    return _BOOLEANS[value.lower()]
+    return BOOLEANS[value.lower()]
 
 
 def _take_threshold_options(argv: list[str]) -> list[str]:
@@ -103,7 +104,7 @@ def _take_writer_options(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
     while i < len(argv):
         key, eq, value = argv[i].partition("=")
         if key in _WRITER_FLAGS:
-            if not eq and i + 1 < len(argv) and argv[i + 1].lower() in _BOOLEANS:
+            if not eq and i + 1 < len(argv) and argv[i + 1].lower() in BOOLEANS:
                 value, eq, i = argv[i + 1], "=", i + 1
             options[_WRITER_FLAGS[key]] = _bool(key, value) if eq else True
         elif key in _WRITER_VALUES:
@@ -135,7 +136,8 @@ def _split_positional(argv: list[str]) -> tuple[list[str], list[str]]:
     return options, positional
 
 
-def _option_value(argv: list[str], names: tuple[str, ...]) -> str | None:
+def option_value(argv: Sequence[str], names: tuple[str, ...]) -> str | None:
+    """The value of the first of ``names`` in ``argv`` (``--opt v`` or ``--opt=v``); None when absent."""
     for i, token in enumerate(argv):
         key, eq, value = token.partition("=")
         if key in names:
@@ -144,7 +146,7 @@ def _option_value(argv: list[str], names: tuple[str, ...]) -> str | None:
 
 
 def _data_parameters(argv: list[str]) -> set[str]:
-    class_path = _option_value(argv, ("--data", "--data.class_path"))
+    class_path = option_value(argv, ("--data", "--data.class_path"))
     if not class_path or "." not in class_path:
         return set()  # data from a config file: it already says how it was trained
     module, _, name = class_path.rpartition(".")
@@ -157,12 +159,12 @@ def _data_parameters(argv: list[str]) -> set[str]:
 
 def _with_checkpoint_defaults(argv: list[str]) -> list[str]:
     """``--model`` (when neither it nor a config is given) and the data's input format, from ``--ckpt_path``."""
-    ckpt = _option_value(argv, ("--ckpt_path",))
+    ckpt = option_value(argv, ("--ckpt_path",))
     if not ckpt or not Path(ckpt).is_file():
         return argv
     deploy = _checkpoint_deploy_data(Path(ckpt))
     model_class = deploy.get("model_class")
-    if model_class and _option_value(argv, ("--model", "--model.class_path", "--config", "-c")) is None:
+    if model_class and option_value(argv, ("--model", "--model.class_path", "--config", "-c")) is None:
         argv += ["--model", model_class]
     preprocessing = deploy.get("preprocessing")
     if not preprocessing:

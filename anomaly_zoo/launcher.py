@@ -15,14 +15,11 @@ def exported_model_path(argv: Sequence[str]) -> str | None:
     """The ``--ckpt_path`` of ``predict ...`` when it names an exported model (``anomaly-zoo export``'s file)."""
     if not argv or argv[0] != "predict":
         return None
-    for i, token in enumerate(argv):
-        key, eq, value = token.partition("=")
-        if key == "--ckpt_path":
-            value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
-            from anomaly_zoo.export.runtime import is_exported_model
+    from anomaly_zoo.deploy_cli import option_value
+    from anomaly_zoo.export.runtime import is_exported_model
 
-            return value if value and is_exported_model(value) else None
-    return None
+    value = option_value(argv, ("--ckpt_path",))
+    return value if value and is_exported_model(value) else None
 
 
 def predict_if_exported(argv: Sequence[str]) -> None:

@@ -21,19 +21,18 @@ import numpy as np
 
 from anomaly_zoo.data.errors import DatasetError
 from anomaly_zoo.data.io import find_images, read_image
+from anomaly_zoo.deploy_cli import BOOLEANS
 from anomaly_zoo.export.runtime import ExportedModel, ExportedModelError
 from anomaly_zoo.viz.outputs import (
     auto_value_range,
+    globally_decided_note,
     map_percentiles,
-    native_map,
     output_names,
     write_image_outputs,
     write_predictions_csv,
 )
 
 __all__ = ["main", "predict_exported"]
-
-_BOOLEANS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -49,9 +48,9 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def _bool(value: str) -> bool:
-    if value.lower() not in _BOOLEANS:
+    if value.lower() not in BOOLEANS:
         raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
-    return _BOOLEANS[value.lower()]
+    return BOOLEANS[value.lower()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +86,7 @@ def _split_flags(argv: list[str]) -> list[str]:
     for i, token in enumerate(argv):
         out.append(token)
         if token in ("--save_maps", "--save_masks", "--heatmaps") and (
-                i + 1 >= len(argv) or argv[i + 1].lower() not in _BOOLEANS):
+                i + 1 >= len(argv) or argv[i + 1].lower() not in BOOLEANS):
             out[-1] = f"{token}=true"
     return out
 
@@ -114,10 +113,8 @@ def main(argv: Sequence[str]) -> int:
         return 2
     print(f"Predictions written to {target}" + (" (+ overlays/)" if args.heatmaps else ""))
     own = model.categories_with_own_thresholds()
-    if own and args.category not in own:  # as the checkpoint route's note (models/base.py)
-        print(f"Note: this model decides each category at its own thresholds, but category '{args.category}' has "
-              f"none, so these images were decided at the global thresholds. Name their category with --category "
-              f"NAME (one of {', '.join(own)}) to use its own.")
+    if own and args.category not in own:
+        print(globally_decided_note([args.category], own, "--category"))
     return 0
 
 
@@ -137,6 +134,7 @@ def predict_exported(model: ExportedModel, paths: Sequence[str], output_dir: str
     out = Path(output_dir) if output_dir else default_output_dir(results_dir, model.model_name)
     names = output_names(files)
     thresholds = model.decision_thresholds(category)
+    pixel_threshold = thresholds[1] if thresholds else None
     value_range = model.value_range()
     deferred: list[tuple[str, np.ndarray]] = []  # (path, map): written once the run's colour range is known
     percentiles: list[tuple[float, float]] = []
@@ -154,25 +152,16 @@ def predict_exported(model: ExportedModel, paths: Sequence[str], output_dir: str
                 percentiles.append(map_percentiles(anomaly_map))
                 deferred.append((path, anomaly_map))
             else:
-                _write(out, names[path], image, anomaly_map, coverage, value_range, thresholds, heatmaps, save_maps,
-                       save_masks)
+                write_image_outputs(out, names[path], image, anomaly_map, coverage, value_range, pixel_threshold,
+                                    None, heatmaps, save_maps, save_masks)
     if deferred:
         value_range = auto_value_range(percentiles)
         for path, anomaly_map in deferred:
-            _write(out, names[path], read_image(path), anomaly_map, coverage, value_range, thresholds, heatmaps,
-                   save_maps, save_masks)
+            write_image_outputs(out, names[path], read_image(path), anomaly_map, coverage, value_range,
+                                pixel_threshold, None, heatmaps, save_maps, save_masks)
     if save_masks and thresholds is None:
         print("No thresholds in this export's metadata: no binary masks written (fit calibrates them).")
     return write_predictions_csv(out, rows)
-
-
-def _write(out: Path, name: str, image: np.ndarray, anomaly_map: np.ndarray, coverage: float,
-           value_range: tuple[float, float] | None, thresholds: tuple[float, float] | None, heatmaps: bool,
-           save_maps: bool, save_masks: bool) -> None:
-    height, width = image.shape[:2]
-    native = native_map(anomaly_map, height, width, coverage)
-    predicted = native >= thresholds[1] if thresholds else None
-    write_image_outputs(out, name, image, native, value_range, predicted, None, heatmaps, save_maps, save_masks)
 
 
 def _progress(batches: range):

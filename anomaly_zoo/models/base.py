@@ -40,6 +40,7 @@ from anomaly_zoo.models.components.thresholds import (
     normalize_scores,
 )
 from anomaly_zoo.models.components.upsample import resize_map
+from anomaly_zoo.viz.outputs import globally_decided_note
 from anomaly_zoo.viz.report import ReportCollector, write_report
 from anomaly_zoo.viz.writer import PredictionWriter
 
@@ -356,12 +357,8 @@ class AnomalyModule(pl.LightningModule):
 
     def on_predict_end(self) -> None:
         unnamed = sorted(getattr(self, "_globally_decided", ()))
-        if unnamed:  # a unified model's categories differ in scale: the global threshold may flag all or none
-            rank_zero_info(
-                f"Note: this model decides each category at its own thresholds, but category "
-                f"{', '.join(repr(c) for c in unnamed)} has none, so those images were decided at the global "
-                f"thresholds. Name their category with --data.category NAME (one of "
-                f"{', '.join(self.thresholds.per_category)}) to use its own.")
+        if unnamed:
+            rank_zero_info(globally_decided_note(unnamed, list(self.thresholds.per_category), "--data.category"))
 
     def decide(self, output: dict[str, torch.Tensor], categories: Sequence[str] | str | None = None
                ) -> dict[str, torch.Tensor]:

@@ -19,8 +19,8 @@ from PIL import Image
 
 from anomaly_zoo.viz.heatmap import overlay_heatmap
 
-__all__ = ["PREDICTIONS_CSV", "auto_value_range", "map_percentiles", "native_map", "output_names",
-           "write_image_outputs", "write_predictions_csv"]
+__all__ = ["PREDICTIONS_CSV", "auto_value_range", "globally_decided_note", "map_percentiles", "native_map",
+           "output_names", "write_image_outputs", "write_predictions_csv"]
 
 PREDICTIONS_CSV = "predictions.csv"
 
@@ -73,15 +73,17 @@ def auto_value_range(percentiles: Sequence[tuple[float, float]]) -> tuple[float,
     return (low, high) if math.isfinite(low) and math.isfinite(high) else (0.0, 1.0)
 
 
-def write_image_outputs(output_dir: Path, name: str, image: np.ndarray, native: np.ndarray,
-                        value_range: tuple[float, float] | None, predicted: np.ndarray | None,
+def write_image_outputs(output_dir: Path, name: str, image: np.ndarray, anomaly_map: np.ndarray, coverage: float,
+                        value_range: tuple[float, float] | None, pixel_threshold: float | None,
                         mask: np.ndarray | None, heatmaps: bool, save_maps: bool, save_masks: bool) -> None:
     """One image's files: ``overlays/<name>.png`` (``heatmaps``), ``maps/<name>.npy`` and ``masks/<name>.png``.
 
-    ``image`` (H, W, 3) uint8 and ``native`` (H, W) are at the image's native size; ``predicted`` is the
-    region at the pixel threshold (None without thresholds: no outline, no mask file); ``mask`` the ground
-    truth (None when unknown).
+    ``image`` (H, W, 3) uint8 is at the image's native size; ``anomaly_map`` (h, w) is brought to it by
+    :func:`native_map` (``coverage`` as there). The predicted region is ``map >= pixel_threshold`` (None without
+    thresholds: no outline, no mask file); ``mask`` is the ground truth at the native size (None when unknown).
     """
+    native = native_map(anomaly_map, image.shape[0], image.shape[1], coverage)
+    predicted = native >= pixel_threshold if pixel_threshold is not None else None
     if heatmaps:
         assert value_range is not None
         _save_png(output_dir / "overlays" / f"{name}.png",
@@ -109,3 +111,11 @@ def write_predictions_csv(output_dir: Path, rows: list[dict[str, Any]]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return target
+
+
+def globally_decided_note(categories: Sequence[str], calibrated: Sequence[str], option: str) -> str:
+    """What ``predict`` says when a per-category model decided images of ``categories`` (none of which has its own
+    thresholds) at the global ones: a unified model's categories differ in scale, so that may flag all or none."""
+    return (f"Note: this model decides each category at its own thresholds, but category "
+            f"{', '.join(repr(c) for c in categories)} has none, so those images were decided at the global "
+            f"thresholds. Name their category with {option} NAME (one of {', '.join(calibrated)}) to use its own.")

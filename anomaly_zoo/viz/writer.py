@@ -41,7 +41,6 @@ from anomaly_zoo.viz.heatmap import denormalize
 from anomaly_zoo.viz.outputs import (
     auto_value_range,
     map_percentiles,
-    native_map,
     output_names,
     write_image_outputs,
     write_predictions_csv,
@@ -184,15 +183,14 @@ class PredictionWriter(BasePredictionWriter):
         else:  # not a file (an in-memory dataset): the batch's pixels, at the batch's size
             image = denormalize(batch["image"][i].detach().float().cpu().numpy(), self._mean, self._std)
         height, width = image.shape[:2]
-        native = native_map(anomaly_map, height, width, self._coverage)
-        predicted = None
+        pixel_threshold = None
         if self._thresholds is not None:  # the image's category's pixel threshold when in use, else the global one
             category = prediction["category"][i] if "category" in prediction else None
-            predicted = native >= self._thresholds.for_category(category).pixel_decision
+            pixel_threshold = self._thresholds.for_category(category).pixel_decision
         mask = prediction["mask"][i, 0].detach().cpu().numpy().astype(np.uint8)
         mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST).astype(bool) if mask.any() else None
-        write_image_outputs(self.output_dir, name, image, native, self.value_range, predicted, mask,
-                            self.heatmaps, self.save_maps, self.save_masks)
+        write_image_outputs(self.output_dir, name, image, anomaly_map, self._coverage, self.value_range,
+                            pixel_threshold, mask, self.heatmaps, self.save_maps, self.save_masks)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Every rank reaches this hook whatever its number of batches (even only a DDP filler): the only
